@@ -1,0 +1,39 @@
+"""The `rdtf` command line: one entry point for every job (preprocess now; train, sample and more to come)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from importlib.metadata import version
+
+from jobs.preprocess import add_preprocess_parser
+from schemas.config import ConfigError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rdtf",
+        description="Curate animated-sticker datasets and train sticker generators (RDTF, arXiv 2503.17735).",
+    )
+    parser.add_argument("--version", action="version", version=f"rdtf {version('rdtf')}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what every step does")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    add_preprocess_parser(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(name)s: %(message)s"
+    )
+    try:
+        return args.run(args)
+    except (ConfigError, ValueError, FileNotFoundError) as error:
+        print(f"rdtf {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

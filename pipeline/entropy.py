@@ -1,0 +1,58 @@
+"""The static entropy component of a sample's difficulty, computed once offline from its sampled frames.
+
+Definitions and the reasons for them are in docs/entropy.md:
+    H_s = mean over frames of the Shannon entropy of the grey-level histogram (bits, 0..8)
+    H_t = mean over consecutive frame pairs of the Shannon entropy of |grey_t - grey_(t-1)| (bits, 0..8; 0 for a still)
+    d   = (w_s * H_s / 8 + w_t * H_t / 8) / (w_s + w_t)   in [0, 1]
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from skimage.color import rgb2gray
+from skimage.measure import shannon_entropy
+from skimage.util import img_as_ubyte
+
+from pipeline.config import DifficultyConfig
+from pipeline.stage import Stage
+
+MAX_BITS = 8.0  # entropy of a uniform 256-level histogram
+
+
+def grey_frames(frames: np.ndarray) -> np.ndarray:
+    """(f, h, w, 3) uint8 RGB -> (f, h, w) uint8 luminance."""
+    return img_as_ubyte(rgb2gray(frames))
+
+
+def spatial_entropy(grey: np.ndarray) -> float:
+    return float(np.mean([shannon_entropy(frame) for frame in grey]))
+
+
+def temporal_entropy(grey: np.ndarray) -> float:
+    if len(grey) < 2:
+        return 0.0
+    changes = np.abs(np.diff(grey.astype(np.int16), axis=0)).astype(np.uint8)
+    return float(np.mean([shannon_entropy(change) for change in changes]))
+
+
+def static_difficulty(h_spatial: float, h_temporal: float, cfg: DifficultyConfig) -> float:
+    weighted = cfg.spatial_weight * h_spatial + cfg.temporal_weight * h_temporal
+    return weighted / (MAX_BITS * (cfg.spatial_weight + cfg.temporal_weight))
+
+
+class EntropyStage(Stage):
+    """Scores every sample's static difficulty from the frames the model will see."""
+
+    name = "entropy"
+    reads = ("frames",)
+    writes = ("spatial_entropy", "temporal_entropy", "static_difficulty")
+
+    def __init__(self, cfg: DifficultyConfig):
+        self.cfg = cfg
+
+    def process_row(self, row: dict[str, Any]) -> dict[str, Any]:
+        grey = grey_frames(row["frames"])
+        h_s, h_t = spatial_entropy(grey), temporal_entropy(grey)
+        return {"spatial_entropy": h_s, "temporal_entropy": h_t, "static_difficulty": static_difficulty(h_s, h_t, self.cfg)}

@@ -1,0 +1,74 @@
+"""Keyframe index sets for k = 3..8: cluster the frames into k groups and keep each group's first frame.
+
+This is the paper's method (its code clusters VGG16 fc6 features with k-means). Here the per-frame features are
+small colour thumbnails; the CLIP stage supplies better ones when it runs. A clip with fewer than k distinct
+frames is extended ping-pong style (the paper's rule), so every set has exactly k indices in temporal order.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from scipy.cluster.vq import kmeans2
+
+from pipeline.stage import Stage
+from schemas.dataset import KEYFRAME_COUNTS
+
+THUMBNAIL = 8  # 8x8x3 = 192 numbers per frame: enough to tell poses apart, cheap to cluster
+
+
+def thumbnails(frames: np.ndarray) -> np.ndarray:
+    """(f, h, w, 3) uint8 -> (f, 192) float features in [0, 1]."""
+    small = [np.asarray(Image.fromarray(f).resize((THUMBNAIL, THUMBNAIL), Image.Resampling.BOX)) for f in frames]
+    return np.stack(small).reshape(len(frames), -1).astype(np.float64) / 255.0
+
+
+def ping_pong(count: int, k: int) -> list[int]:
+    """0, 1, ..., count-1, count-2, ..., 1, 0, 1, ... cut to k indices (a single frame repeats)."""
+    if count == 1:
+        return [0] * k
+    cycle = list(range(count)) + list(range(count - 2, 0, -1))
+    return [cycle[i % len(cycle)] for i in range(k)]
+
+
+def select_keyframes(features: np.ndarray, k: int, seed: int) -> list[int]:
+    """k frame indices in temporal order: the first frame of each of k clusters (k-means, seeded)."""
+    count = len(features)
+    if len(np.unique(features, axis=0)) < k:
+        return ping_pong(count, k) if count < k else sorted(_first_of_each(features, np.unique(features, axis=0), k))
+    with warnings.catch_warnings():  # an empty cluster is handled below, not worth a warning per sample
+        warnings.simplefilter("ignore")
+        _, labels = kmeans2(features, k, minit="++", seed=np.random.default_rng(seed))
+    chosen = sorted({int(np.argmax(labels == label)) for label in np.unique(labels)})
+    return _fill(chosen, count, k)
+
+
+def _first_of_each(features: np.ndarray, distinct: np.ndarray, k: int) -> list[int]:
+    """With fewer distinct frames than k: the first occurrence of each distinct frame, then evenly spaced others."""
+    firsts = sorted(int(np.argmax((features == d).all(axis=1))) for d in distinct)
+    return _fill(firsts, len(features), k)
+
+
+def _fill(chosen: list[int], count: int, k: int) -> list[int]:
+    """Top up to k indices with unchosen frames spread evenly over the clip."""
+    if len(chosen) >= k:
+        return chosen[:k]
+    rest = [i for i in range(count) if i not in chosen]
+    picks = np.linspace(0, len(rest) - 1, k - len(chosen)).round().astype(int) if rest else []
+    return sorted(chosen + [rest[p] for p in picks])
+
+
+class KeyframeStage(Stage):
+    """Writes keyframe_sets[k - 3] for every k in KEYFRAME_COUNTS."""
+
+    name = "keyframes"
+    reads = ("frames", "sample_id")
+    writes = ("keyframe_sets",)
+
+    def process_row(self, row: dict[str, Any]) -> dict[str, Any]:
+        features = thumbnails(row["frames"])
+        seed = int(row["sample_id"][:8], 16)  # from the content: the same sticker always gets the same sets
+        return {"keyframe_sets": [select_keyframes(features, k, seed) for k in KEYFRAME_COUNTS]}

@@ -1,0 +1,250 @@
+"""`rdtf preprocess` from start to end: the table of contents of the pipeline.
+
+    1. discover the inputs and skip those the output already accounts for (resume);
+    2. hash pass: read and hash every remaining input (Ray Data), so duplicates are known across the whole input;
+    3. write the duplicate and unreadable rejects;
+    4. main pass (Ray Data): probe -> metadata filters -> decode -> entropy -> entropy filter -> keyframes -> write;
+    5. count what the files hold, check that every input is there exactly once, and write the dataset card.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+from tqdm import tqdm
+
+import pipeline
+import schemas
+from pipeline.card import count_outputs, make_card
+from pipeline.config import PreprocessConfig, RayConfig
+from pipeline.decode import DecodeStage, ProbeStage
+from pipeline.dedupe import kept_copies
+from pipeline.discover import InputError, InputItem, discover
+from pipeline.entropy import EntropyStage
+from pipeline.filters import EntropyFilterStage, MetadataFilterStage
+from pipeline.hash_inputs import HashStage
+from pipeline.keyframes import KeyframeStage
+from pipeline.ledger import accounted, entries, remove_temp_files
+from pipeline.stage import STATUS_COLUMNS, Batch, Stage, check_chain
+from pipeline.write import ShardWriter, write_rejects
+from schemas.config import ConfigError, to_dict
+from schemas.layout import DatasetLayout
+
+log = logging.getLogger("rdtf.preprocess")
+
+INPUT_COLUMNS = ("source_uri", "sample_id", "num_bytes", "caption", "source_id")
+HASH_OUTPUT = pa.schema(
+    [("source_uri", pa.string()), ("sample_id", pa.string()), ("num_bytes", pa.int64())]
+    + [(c, pa.string()) for c in STATUS_COLUMNS]
+)
+SUMMARY_OUTPUT = pa.schema([("source_uri", pa.string()), ("reject_reason", pa.string()), ("num_bytes", pa.int64())])
+
+
+@dataclass
+class PreprocessSummary:
+    """What one run did, and what the dataset holds now."""
+
+    output: str
+    inputs: int  # distinct inputs named by this run
+    already_done: int  # of those, accounted for by an earlier run
+    written: int = 0  # rows this run
+    rejected: Counter = field(default_factory=Counter)  # rejects this run, by reason
+    seconds: float = 0.0
+    bytes_read: int = 0
+    card: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def processed(self) -> int:
+        return self.written + sum(self.rejected.values())
+
+    def lines(self) -> list[str]:
+        rate = self.processed / self.seconds if self.seconds else 0.0
+        counts = self.card.get("counts") or {}
+        lines = [
+            f"inputs: {self.inputs} ({self.already_done} already done by an earlier run)",
+            f"this run: {self.written} rows written, {sum(self.rejected.values())} rejected, "
+            f"{self.seconds:.1f} s, {rate:.1f} inputs/s, {self.bytes_read / 2**20:.1f} MiB read",
+        ]
+        lines += [f"  rejected {reason}: {n}" for reason, n in sorted(self.rejected.items())]
+        lines.append(
+            f"dataset: {counts.get('rows', 0)} rows, {counts.get('rejects', 0)} rejects "
+            f"in {self.output} (card: {self.output.rstrip('/')}/card.json)"
+        )
+        return lines
+
+
+def run_chain(table: pa.Table, stages: list[Stage], sink: Any, schema: pa.Schema) -> pa.Table:
+    """One Ray Data task: run `stages` over a batch in this process, so decoded frames never leave its memory."""
+    batch: Batch = table.to_pydict()
+    for stage in stages:
+        stage.setup()
+        batch = stage(batch)
+    if sink is not None:
+        batch = sink(batch)
+    return pa.Table.from_pydict({name: batch[name] for name in schema.names}, schema=schema)
+
+
+@contextmanager
+def ray_session(cfg: RayConfig, show_progress: bool) -> Iterator[None]:
+    """Use the Ray instance already running in this process, connect to `cfg.address`, or start an embedded one."""
+    import ray
+
+    started = not ray.is_initialized()
+    if started and cfg.address:
+        # Ship this checkout's packages to the cluster's workers, so the cluster needs only the dependencies.
+        ray.init(address=cfg.address, runtime_env={"py_modules": [pipeline, schemas]}, logging_level=logging.WARNING)
+    elif started:
+        ray.init(
+            num_cpus=cfg.num_cpus,
+            object_store_memory=cfg.object_store_mb * 2**20,
+            include_dashboard=False,
+            logging_level=logging.WARNING,
+        )
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = show_progress
+    context.enable_operator_progress_bars = show_progress
+    try:
+        yield
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _map(rows: list[dict[str, Any]], stages: list[Stage], sink: Any, schema: pa.Schema, rows_per_task: int):
+    """Stream `rows` through the stages on Ray Data; yield the output batches as they finish."""
+    import ray
+
+    dataset = ray.data.from_items(rows, override_num_blocks=max(1, math.ceil(len(rows) / rows_per_task)))
+    dataset = dataset.map_batches(
+        run_chain,
+        fn_kwargs={"stages": stages, "sink": sink, "schema": schema},
+        batch_size=rows_per_task,
+        batch_format="pyarrow",
+        num_cpus=max(s.resources.num_cpus for s in stages),
+    )
+    yield from dataset.iter_batches(batch_format="pyarrow", batch_size=None)
+
+
+def _check_config(layout: DatasetLayout, config: dict[str, Any]) -> None:
+    """Refuse to add rows made with other settings to an existing dataset (Ray settings may differ)."""
+    card = layout.read_card()
+    if card is None:
+        return
+    old = {k: v for k, v in card.get("config", {}).items() if k != "ray"}
+    new = {k: v for k, v in config.items() if k != "ray"}
+    if old != new:
+        section = next(k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k))
+        raise ConfigError(
+            f"{layout.root} was made with different '{section}' settings ({old.get(section)} there, "
+            f"{new.get(section)} now). Use another --out, or delete that folder to start over."
+        )
+
+
+def _hash_pass(todo: list[InputItem], cfg: PreprocessConfig, show_progress: bool) -> list[dict[str, Any]]:
+    stage = HashStage(cfg.decode.max_file_bytes)
+    results: list[dict[str, Any]] = []
+    with tqdm(total=len(todo), desc="hashing", unit="input", disable=not show_progress) as bar:
+        for batch in _map([{"source_uri": i.source_uri} for i in todo], [stage], None, HASH_OUTPUT, 1024):
+            results += batch.to_pylist()
+            bar.update(batch.num_rows)
+    return results
+
+
+def run_preprocess(
+    inputs: list[str], output: str, cfg: PreprocessConfig, show_progress: bool | None = None
+) -> PreprocessSummary:
+    """Turn `inputs` into a curated dataset at `output`, resuming whatever an earlier run there left."""
+    show_progress = sys.stderr.isatty() if show_progress is None else show_progress
+    start = time.monotonic()
+    layout = DatasetLayout.at(output)
+    config = to_dict(cfg)
+
+    # 1. Inputs, minus what the output already accounts for.
+    items = discover(inputs, cfg.inputs)
+    if not items:
+        raise InputError(f"no inputs found in {inputs} (extensions looked for: {', '.join(cfg.inputs.extensions)})")
+    _check_config(layout, config)
+    if remove_temp_files(layout):
+        log.info("removed half-written files left by a killed run")
+    done = accounted(layout)
+    todo = [item for item in items if item.source_uri not in done]
+    summary = PreprocessSummary(output, len(items), len(items) - len(todo))
+    log.info("%d inputs, %d already accounted for, %d to do", len(items), summary.already_done, len(todo))
+    layout.write_card(make_card(config, "running", None, None))
+
+    with ray_session(cfg.ray, show_progress):
+        # 2. Hash pass.
+        hashed = _hash_pass(todo, cfg, show_progress) if todo else []
+
+        # 3. Unreadable inputs and duplicates (against everything, including inputs done by earlier runs).
+        wanted = {item.source_uri for item in items}
+        known = {uri: sid for uri, sid in done.items() if uri in wanted and sid is not None}
+        known.update({r["source_uri"]: r["sample_id"] for r in hashed if r["reject_reason"] is None})
+        kept = kept_copies(known)
+        for row in hashed:
+            if row["reject_reason"] is None and kept[row["sample_id"]] != row["source_uri"]:
+                row.update(
+                    reject_reason="duplicate",
+                    reject_stage="dedupe",
+                    reject_message=f"same bytes as {kept[row['sample_id']]}",
+                    kept_sample_id=row["sample_id"],
+                )
+        early = [r for r in hashed if r["reject_reason"] is not None]
+        for begin in range(0, len(early), cfg.ray.rows_per_shard):
+            chunk = early[begin : begin + cfg.ray.rows_per_shard]
+            write_rejects(layout, {c: [r[c] for r in chunk] for c in HASH_OUTPUT.names})
+        summary.rejected.update(r["reject_reason"] for r in early)
+
+        # 4. Main pass over the kept copies.
+        by_uri = {item.source_uri: item for item in todo}
+        rows = [
+            {**{c: r[c] for c in ("source_uri", "sample_id", "num_bytes")},
+             "caption": by_uri[r["source_uri"]].caption, "source_id": by_uri[r["source_uri"]].source_id}
+            for r in hashed
+            if r["reject_reason"] is None
+        ]
+        stages: list[Stage] = [
+            ProbeStage(cfg.decode),
+            MetadataFilterStage(cfg.filters),
+            DecodeStage(cfg.decode),
+            EntropyStage(cfg.difficulty),
+            EntropyFilterStage(cfg.filters),
+            KeyframeStage(),
+        ]
+        check_chain(stages, INPUT_COLUMNS)
+        sink = ShardWriter(output, cfg.decode.frame_size)
+        with tqdm(total=len(rows), desc="preprocessing", unit="sticker", disable=not show_progress) as bar:
+            for batch in _map(rows, stages, sink, SUMMARY_OUTPUT, cfg.ray.rows_per_shard) if rows else []:
+                for reason, size in zip(batch["reject_reason"].to_pylist(), batch["num_bytes"].to_pylist(), strict=True):
+                    summary.bytes_read += size or 0
+                    if reason is None:
+                        summary.written += 1
+                    else:
+                        summary.rejected[reason] += 1
+                bar.update(batch.num_rows)
+
+    # 5. Account for every input exactly once, then the card.
+    written = entries(layout)
+    present = Counter(uri for uri, _ in written if uri in wanted)
+    missing = [uri for uri in wanted if uri not in present]
+    twice = [uri for uri, n in present.items() if n > 1]
+    if missing or twice:
+        raise RuntimeError(
+            f"accounting check failed: {len(missing)} inputs missing (e.g. {missing[:3]}), "
+            f"{len(twice)} present more than once (e.g. {twice[:3]}). This is a bug in rdtf: please report it."
+        )
+    summary.seconds = time.monotonic() - start
+    last_run = {"inputs": summary.inputs, "already_done": summary.already_done, "written": summary.written,
+                "rejected": dict(summary.rejected), "seconds": round(summary.seconds, 2)}
+    summary.card = make_card(config, "complete", count_outputs(layout), last_run)
+    layout.write_card(summary.card)
+    return summary

@@ -1,0 +1,110 @@
+"""The end of the pipeline: a batch's rows and rejects become Parquet shards, written atomically.
+
+A shard is named after the inputs in it, so a batch that is processed again (a retried task, a resumed job) writes
+the same file name and replaces, never duplicates. A file appears under its final name only when complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.stage import Batch
+from schemas.dataset import REJECT_SCHEMA, SAMPLE_SCHEMA
+from schemas.frames import encode_frame
+from schemas.layout import DATA_DIR, REJECTS_DIR, TEMP_PREFIX, DatasetLayout
+
+# What the driver gets back for each input: enough for progress, the summary and the accounting check.
+SUMMARY_COLUMNS = ("source_uri", "reject_reason", "num_bytes")
+
+
+def shard_name(source_uris: list[str]) -> str:
+    """A file name that depends only on which inputs are in the shard."""
+    digest = hashlib.sha1("\n".join(sorted(source_uris)).encode()).hexdigest()[:20]
+    return f"part-{digest}.parquet"
+
+
+def write_table(layout: DatasetLayout, kind: str, name: str, table: pa.Table) -> None:
+    """Write `table` to `kind`/`name` through a temporary file and a rename."""
+    folder = layout.dir(kind)
+    layout.fs.create_dir(folder, recursive=True)
+    temp = f"{folder}/{TEMP_PREFIX}{name}"
+    pq.write_table(table, temp, filesystem=layout.fs, compression="zstd")
+    layout.fs.move(temp, f"{folder}/{name}")
+
+
+def reject_rows(batch: Batch) -> list[dict[str, Any]]:
+    return [
+        {
+            "source_uri": batch["source_uri"][i],
+            "sample_id": batch["sample_id"][i] if "sample_id" in batch else None,
+            "stage": batch["reject_stage"][i],
+            "reason": batch["reject_reason"][i],
+            "message": batch["reject_message"][i],
+            "kept_sample_id": batch["kept_sample_id"][i],
+        }
+        for i in range(len(batch["source_uri"]))
+        if batch["reject_reason"][i] is not None
+    ]
+
+
+def sample_row(batch: Batch, i: int, frame_size: int) -> dict[str, Any]:
+    caption = batch["caption"][i]
+    return {
+        "sample_id": batch["sample_id"][i],
+        "source_uri": batch["source_uri"][i],
+        "source_id": batch["source_id"][i],
+        "format": batch["format"][i],
+        "num_bytes": batch["num_bytes"][i],
+        "width": batch["width"][i],
+        "height": batch["height"][i],
+        "num_frames": batch["num_frames"][i],
+        "frame_durations_ms": batch["frame_durations_ms"][i],
+        "frames": [encode_frame(frame) for frame in batch["frames"][i]],
+        "frame_timestamps_ms": batch["frame_timestamps_ms"][i],
+        "frame_size": frame_size,
+        "keyframe_sets": batch["keyframe_sets"][i],
+        "caption": caption,
+        "caption_source": "given" if caption is not None else None,
+        "spatial_entropy": batch["spatial_entropy"][i],
+        "temporal_entropy": batch["temporal_entropy"][i],
+        "static_difficulty": batch["static_difficulty"][i],
+        "clip_embedding": None,
+        "clip_score": None,
+        "tags": None,
+    }
+
+
+def write_rejects(layout: DatasetLayout, batch: Batch) -> None:
+    """Write only the rejects of a batch (the driver's hash-pass and duplicate rejects)."""
+    rows = reject_rows(batch)
+    if rows:
+        write_table(layout, REJECTS_DIR, shard_name([r["source_uri"] for r in rows]), pa.Table.from_pylist(rows, REJECT_SCHEMA))
+
+
+class ShardWriter:
+    """The pipeline's sink: writes a batch's samples then its rejects, and returns one summary row per input.
+
+    Samples are written before rejects: if the job dies between the two, the rejects are simply redone.
+    """
+
+    name = "write"
+
+    def __init__(self, output: str, frame_size: int):
+        self.output = output
+        self.frame_size = frame_size
+
+    def __call__(self, batch: Batch) -> Batch:
+        layout = DatasetLayout.at(self.output)
+        uris = batch["source_uri"]
+        name = shard_name(uris)
+        samples = [sample_row(batch, i, self.frame_size) for i in range(len(uris)) if batch["reject_reason"][i] is None]
+        if samples:
+            write_table(layout, DATA_DIR, name, pa.Table.from_pylist(samples, SAMPLE_SCHEMA))
+        rejects = reject_rows(batch)
+        if rejects:
+            write_table(layout, REJECTS_DIR, name, pa.Table.from_pylist(rejects, REJECT_SCHEMA))
+        return {column: list(batch[column]) for column in SUMMARY_COLUMNS}

@@ -1,0 +1,79 @@
+"""Where a dataset's files live: `data/*.parquet`, `rejects/*.parquet` and `card.json` under one root.
+
+The root is a local path or any URI that pyarrow's filesystems open (s3://, gs://, ...).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+
+import pyarrow.fs as pafs
+
+DATA_DIR = "data"
+REJECTS_DIR = "rejects"
+CARD_FILE = "card.json"
+# Files being written start with this prefix; readers ignore them and a resumed job deletes them.
+TEMP_PREFIX = ".tmp-"
+
+
+def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
+    """Return the filesystem and the path inside it for a local path or a URI."""
+    if "://" not in uri:
+        return pafs.LocalFileSystem(), os.path.abspath(uri)
+    return pafs.FileSystem.from_uri(uri)
+
+
+@dataclass(frozen=True)
+class DatasetLayout:
+    """The files of one dataset. `root` is a path inside `fs`."""
+
+    fs: pafs.FileSystem
+    root: str
+
+    @classmethod
+    def at(cls, uri: str) -> DatasetLayout:
+        fs, root = resolve(uri)
+        return cls(fs, root.rstrip("/"))
+
+    def dir(self, kind: str) -> str:
+        """The folder of `kind`, DATA_DIR or REJECTS_DIR."""
+        return f"{self.root}/{kind}"
+
+    @property
+    def card_path(self) -> str:
+        return f"{self.root}/{CARD_FILE}"
+
+    def parquet_files(self, kind: str) -> list[str]:
+        """Finished Parquet files of `kind`, sorted by name so that every reader sees the same order."""
+        selector = pafs.FileSelector(self.dir(kind), allow_not_found=True)
+        return sorted(
+            info.path
+            for info in self.fs.get_file_info(selector)
+            if info.type == pafs.FileType.File
+            and info.base_name.endswith(".parquet")
+            and not info.base_name.startswith(TEMP_PREFIX)
+        )
+
+    def temp_files(self) -> list[str]:
+        """Half-written files that a killed job left behind."""
+        found = []
+        for kind in (DATA_DIR, REJECTS_DIR):
+            selector = pafs.FileSelector(self.dir(kind), allow_not_found=True)
+            found += [i.path for i in self.fs.get_file_info(selector) if i.base_name.startswith(TEMP_PREFIX)]
+        return found
+
+    def read_card(self) -> dict | None:
+        if self.fs.get_file_info(self.card_path).type != pafs.FileType.File:
+            return None
+        with self.fs.open_input_stream(self.card_path) as f:
+            return json.loads(f.read().decode())
+
+    def write_card(self, card: dict) -> None:
+        """Write card.json atomically: a reader sees the old card or the new one, never half of one."""
+        self.fs.create_dir(self.root, recursive=True)
+        tmp = f"{self.root}/{TEMP_PREFIX}{CARD_FILE}"
+        with self.fs.open_output_stream(tmp) as f:
+            f.write(json.dumps(card, indent=2, sort_keys=True).encode())
+        self.fs.move(tmp, self.card_path)

@@ -1,0 +1,97 @@
+"""The one way to open a curated dataset: checks the schema version, then reads rows, rejects or rank shards.
+
+    >>> ds = open_dataset("out/stickers")
+    >>> ds.num_rows, ds.card["counts"]
+    >>> for batch in ds.iter_batches(columns=["sample_id", "frames"], rank=0, world_size=2): ...
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import cached_property
+
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+
+from schemas.dataset import REJECT_SCHEMA, SAMPLE_SCHEMA, SCHEMA_VERSION, VERSION_KEY
+from schemas.layout import DATA_DIR, REJECTS_DIR, DatasetLayout
+
+
+class SchemaVersionError(ValueError):
+    """A dataset file was written with a schema version this rdtf cannot read."""
+
+
+def _major(version: str) -> str:
+    return version.split(".")[0]
+
+
+def check_version(fs, path: str) -> None:
+    """Raise SchemaVersionError unless the file at `path` has this rdtf's major schema version."""
+    metadata = pq.read_schema(path, filesystem=fs).metadata or {}
+    found = metadata.get(VERSION_KEY, b"").decode() or "none"
+    if _major(found) != _major(SCHEMA_VERSION):
+        raise SchemaVersionError(
+            f"{path} has schema version {found}, but this rdtf reads version {SCHEMA_VERSION}. "
+            f"Re-run `rdtf preprocess` with this version to rebuild the dataset, "
+            f"or install the rdtf version that wrote it (see its card.json, `software_version`)."
+        )
+
+
+@dataclass(frozen=True)
+class DatasetReader:
+    """A dataset opened for reading. Files are sorted by name, so every process sees the same order."""
+
+    layout: DatasetLayout
+    sample_files: tuple[str, ...]
+    reject_files: tuple[str, ...]
+
+    @cached_property
+    def card(self) -> dict:
+        """The dataset card (counts, config, versions); empty while a job has not finished once."""
+        return self.layout.read_card() or {}
+
+    def _dataset(self, files: tuple[str, ...], schema: pa.Schema) -> pads.Dataset:
+        return pads.dataset(list(files), schema=schema, format="parquet", filesystem=self.layout.fs)
+
+    @property
+    def num_rows(self) -> int:
+        return sum(pq.ParquetFile(f, filesystem=self.layout.fs).metadata.num_rows for f in self.sample_files)
+
+    def read(self, columns: list[str] | None = None, filter: pads.Expression | None = None) -> pa.Table:
+        """All sample rows (or the named columns) in one table. For small datasets and metadata columns."""
+        return self._dataset(self.sample_files, SAMPLE_SCHEMA).to_table(columns=columns, filter=filter)
+
+    def rejects(self) -> pa.Table:
+        """Every reject row: source_uri, sample_id, stage, reason, message, kept_sample_id."""
+        return self._dataset(self.reject_files, REJECT_SCHEMA).to_table()
+
+    def rank_files(self, rank: int, world_size: int) -> tuple[str, ...]:
+        """The files that rank `rank` of `world_size` reads: every world_size-th file, so ranks never overlap."""
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
+        return self.sample_files[rank::world_size]
+
+    def iter_batches(
+        self,
+        columns: list[str] | None = None,
+        batch_size: int = 64,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> Iterator[pa.RecordBatch]:
+        """Stream this rank's rows in file order, without loading the dataset into memory."""
+        dataset = self._dataset(self.rank_files(rank, world_size), SAMPLE_SCHEMA)
+        yield from dataset.to_batches(columns=columns, batch_size=batch_size)
+
+
+def open_dataset(uri: str) -> DatasetReader:
+    """Open the dataset at `uri` (a folder written by `rdtf preprocess`), checking every file's schema version."""
+    layout = DatasetLayout.at(uri)
+    samples = tuple(layout.parquet_files(DATA_DIR))
+    rejects = tuple(layout.parquet_files(REJECTS_DIR))
+    if not samples and not rejects and layout.read_card() is None:
+        raise FileNotFoundError(f"{uri} is not an rdtf dataset: no {DATA_DIR}/, {REJECTS_DIR}/ or card.json in it")
+    for path in samples + rejects:
+        check_version(layout.fs, path)
+    return DatasetReader(layout, samples, rejects)

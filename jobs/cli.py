@@ -7,6 +7,7 @@ import logging
 import sys
 from importlib.metadata import version
 
+from jobs.demo import add_demo_parser
 from jobs.preprocess import add_preprocess_parser
 from schemas.config import ConfigError
 
@@ -20,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log what every step does")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     add_preprocess_parser(commands)
+    add_demo_parser(commands)
     return parser
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from pipeline.canvas import composite_on_white, fit_and_pad
+from pipeline.canvas import to_canvas
 from pipeline.config import DecodeConfig
 from pipeline.gif import composite, parse_gif
 from pipeline.probe import probe
@@ -51,25 +51,25 @@ class ProbeStage(Stage):
         }
 
 
-def _gif_frames(data: bytes, wanted: set[int]) -> dict[int, np.ndarray]:
+def _gif_frames(data: bytes, wanted: set[int]) -> dict[int, Image.Image]:
     return composite(data, parse_gif(data), wanted)
 
 
-def _pillow_frames(data: bytes, wanted: set[int]) -> dict[int, np.ndarray]:
-    frames: dict[int, np.ndarray] = {}
+def _pillow_frames(data: bytes, wanted: set[int]) -> dict[int, Image.Image]:
+    frames: dict[int, Image.Image] = {}
     with Image.open(io.BytesIO(data)) as image:
         for index in sorted(wanted):
             image.seek(index)
-            frames[index] = np.asarray(image.convert("RGBA"))
+            frames[index] = image.convert("RGBA")
     return frames
 
 
-def _video_frames(data: bytes, wanted: set[int]) -> dict[int, np.ndarray]:
+def _video_frames(data: bytes, wanted: set[int]) -> dict[int, Image.Image]:
     import decord  # see pipeline.probe: only videos need it
 
     indices = sorted(wanted)
     batch = decord.VideoReader(io.BytesIO(data)).get_batch(indices).asnumpy()
-    return dict(zip(indices, batch, strict=True))
+    return {index: Image.fromarray(frame) for index, frame in zip(indices, batch, strict=True)}
 
 
 FRAME_READERS = {
@@ -105,5 +105,5 @@ class DecodeStage(Stage):
         missing = sorted(wanted - set(decoded))
         if missing:
             raise Reject("corrupt", f"the decoder stopped before frame {missing[0]} of {len(row['frame_durations_ms'])}")
-        canvas = {i: fit_and_pad(composite_on_white(f), self.cfg.frame_size) for i, f in decoded.items()}
+        canvas = {i: to_canvas(frame, self.cfg.frame_size) for i, frame in decoded.items()}
         return {"frames": np.stack([canvas[i] for i in indices.tolist()]), "frame_timestamps_ms": timestamps.tolist()}

@@ -16,7 +16,6 @@ import io
 import struct
 from dataclasses import dataclass
 
-import numpy as np
 from PIL import Image
 
 
@@ -103,10 +102,10 @@ def parse_gif(data: bytes) -> GifFile:
     return GifFile(width, height, tuple(frames), truncated)
 
 
-def frame_indices(data: bytes, frame: GifFrameInfo) -> np.ndarray:
-    """Decode one frame's palette indices (h, w) by handing Pillow a one-frame GIF made of its bytes."""
+def frame_image(data: bytes, frame: GifFrameInfo) -> Image.Image:
+    """Decode one frame as RGBA (transparent index -> alpha 0) by handing Pillow a one-frame GIF of its bytes."""
     size_field = max(0, (max(len(frame.palette) // 3, 2) - 1).bit_length() - 1)
-    table = frame.palette.ljust(3 * (2 << size_field), b"\0")
+    table = frame.palette.ljust(3 * (2 << size_field), b"\0")  # indices past the table show black, as in browsers
     header = b"GIF89a" + struct.pack("<HHBBB", frame.width, frame.height, 0, 0, 0)
     descriptor = b"\x2c" + struct.pack(
         "<HHHHB", 0, 0, frame.width, frame.height, 0x80 | (0x40 if frame.interlaced else 0) | size_field
@@ -114,36 +113,29 @@ def frame_indices(data: bytes, frame: GifFrameInfo) -> np.ndarray:
     single = header + descriptor + table + data[frame.data_start : frame.data_end] + b"\x3b"
     with Image.open(io.BytesIO(single)) as image:
         image.load()
-        if image.mode not in ("P", "L"):
-            raise ValueError(f"unexpected frame mode {image.mode}")
-        return np.asarray(image)
+        if frame.transparent_index is not None:
+            image.info["transparency"] = frame.transparent_index
+        return image.convert("RGBA")
 
 
-def composite(data: bytes, gif: GifFile, wanted: set[int]) -> dict[int, np.ndarray]:
-    """RGBA (h, w, 4) canvases of the wanted frames, composited in order up to the last wanted one."""
-    canvas = np.zeros((gif.height, gif.width, 4), dtype=np.uint8)
-    shown: dict[int, np.ndarray] = {}
+def composite(data: bytes, gif: GifFile, wanted: set[int]) -> dict[int, Image.Image]:
+    """RGBA canvases of the wanted frames, composited in order up to the last wanted one.
+
+    Alpha is 0 or 255 in a GIF, so pasting a frame with its own alpha as the mask is exactly "draw the
+    non-transparent pixels"; Pillow clips the paste to the canvas.
+    """
+    canvas = Image.new("RGBA", (gif.width, gif.height), (0, 0, 0, 0))
+    shown: dict[int, Image.Image] = {}
     for index in range(max(wanted) + 1):
         frame = gif.frames[index]
         saved = canvas.copy() if frame.disposal == 3 else None
-        x0, y0 = min(frame.left, gif.width), min(frame.top, gif.height)
-        x1, y1 = min(frame.left + frame.width, gif.width), min(frame.top + frame.height, gif.height)
-        if x1 > x0 and y1 > y0:
-            indices = frame_indices(data, frame)[: y1 - y0, : x1 - x0]
-            lookup = np.zeros((256, 4), dtype=np.uint8)  # indices past the table show black, as in browsers
-            colours = np.frombuffer(frame.palette, dtype=np.uint8).reshape(-1, 3)[:256]
-            lookup[: len(colours), :3] = colours
-            lookup[:, 3] = 255
-            pixels = lookup[indices]
-            region = canvas[y0:y1, x0:x1]
-            if frame.transparent_index is None:
-                region[...] = pixels
-            else:
-                np.copyto(region, pixels, where=(indices != frame.transparent_index)[..., None])
+        pixels = frame_image(data, frame)
+        canvas.paste(pixels, (frame.left, frame.top), mask=pixels if frame.transparent_index is not None else None)
         if index in wanted:
             shown[index] = canvas.copy()
         if frame.disposal == 2:
-            canvas[y0:y1, x0:x1] = 0
+            rect = (frame.left, frame.top, frame.left + frame.width, frame.top + frame.height)
+            canvas.paste((0, 0, 0, 0), rect)
         elif saved is not None:
             canvas = saved
     return shown

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import sys
@@ -109,6 +110,8 @@ def ray_session(cfg: RayConfig, show_progress: bool) -> Iterator[None]:
             include_dashboard=False,
             logging_level=logging.WARNING,
         )
+    if not log.isEnabledFor(logging.INFO):
+        logging.getLogger("ray.data").setLevel(logging.WARNING)  # one line per dataset execution is noise here
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = show_progress
     context.enable_operator_progress_bars = show_progress
@@ -140,7 +143,7 @@ def _check_config(layout: DatasetLayout, config: dict[str, Any]) -> None:
     if card is None:
         return
     old = {k: v for k, v in card.get("config", {}).items() if k != "ray"}
-    new = {k: v for k, v in config.items() if k != "ray"}
+    new = {k: v for k, v in json.loads(json.dumps(config)).items() if k != "ray"}  # as the card stores it
     if old != new:
         section = next(k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k))
         raise ConfigError(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -51,6 +52,15 @@ def reject_rows(batch: Batch) -> list[dict[str, Any]]:
     ]
 
 
+def encode_frames(frames: list) -> list[bytes]:
+    """PNG-encode each frame; a frame sampled twice in a row (held on screen) is encoded once."""
+    encoded: list[bytes] = []
+    for i, frame in enumerate(frames):
+        same = i > 0 and np.array_equal(frame, frames[i - 1])
+        encoded.append(encoded[-1] if same else encode_frame(frame))
+    return encoded
+
+
 def sample_row(batch: Batch, i: int, frame_size: int) -> dict[str, Any]:
     caption = batch["caption"][i]
     return {
@@ -63,7 +73,7 @@ def sample_row(batch: Batch, i: int, frame_size: int) -> dict[str, Any]:
         "height": batch["height"][i],
         "num_frames": batch["num_frames"][i],
         "frame_durations_ms": batch["frame_durations_ms"][i],
-        "frames": [encode_frame(frame) for frame in batch["frames"][i]],
+        "frames": encode_frames(batch["frames"][i]),
         "frame_timestamps_ms": batch["frame_timestamps_ms"][i],
         "frame_size": frame_size,
         "keyframe_sets": batch["keyframe_sets"][i],

@@ -153,7 +153,7 @@ def _decode_pillow(data: bytes) -> list[np.ndarray]:
 def _decode_rdtf(data: bytes) -> list[np.ndarray]:
     gif = parse_gif(data)
     shown = composite(data, gif, set(range(len(gif.frames))))
-    return [shown[i] for i in range(len(gif.frames))]
+    return [np.asarray(shown[i]) for i in range(len(gif.frames))]
 
 
 DECODERS = {"rdtf": _decode_rdtf, "pyav": _decode_pyav, "pillow": _decode_pillow}

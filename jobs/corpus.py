@@ -84,7 +84,7 @@ def _broken(folder: str, first: str) -> list[Sticker]:
         "not_a_gif.gif": b"this is a text file that pretends to be a GIF\n",
         "empty.gif": b"",
         "truncated.gif": good[: len(good) // 3],
-        "duplicate_of_first.gif": good,
+        "sticker_000_copy.gif": good,  # sorts after the original, so the original is kept
     }
     for name, data in files.items():
         with open(os.path.join(folder, name), "wb") as f:

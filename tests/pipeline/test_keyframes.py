@@ -1,0 +1,96 @@
+"""Keyframe index sets for k = 3..8 (pipeline.keyframes)."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+
+from pipeline.keyframes import KeyframeStage, ping_pong, select_keyframes, thumbnails
+from schemas.dataset import KEYFRAME_COUNTS
+
+POSES = [(220, 30, 30), (30, 200, 30), (30, 30, 220), (240, 200, 20), (120, 0, 160), (0, 160, 160)]
+
+
+def clip(pattern: str, size: int = 32) -> np.ndarray:
+    """One flat frame per letter: A is POSES[0], B is POSES[1], ..."""
+    return np.stack([np.full((size, size, 3), POSES[ord(c) - ord("A")], dtype=np.uint8) for c in pattern])
+
+
+def moving_clip(count: int, size: int = 64) -> np.ndarray:
+    """A square sliding across white: every frame differs."""
+    frames = np.full((count, size, size, 3), 255, dtype=np.uint8)
+    for t in range(count):
+        x = round(t * (size - 16) / max(1, count - 1))
+        frames[t, 24:40, x : x + 16] = (200, 40, 40)
+    return frames
+
+
+def keyframe_sets(frames: np.ndarray, sample_id: str | None = None) -> list[list[int]]:
+    sample_id = sample_id or hashlib.sha256(frames.tobytes()).hexdigest()
+    out = KeyframeStage()({"source_uri": ["x"], "frames": [frames], "sample_id": [sample_id]})
+    assert out["reject_reason"] == [None], out["reject_message"]
+    return out["keyframe_sets"][0]
+
+
+@pytest.mark.parametrize("count", [8, 12, 16])
+def test_every_k_gets_k_sorted_indices_in_range(count):
+    sets = keyframe_sets(moving_clip(count))
+    assert len(sets) == len(KEYFRAME_COUNTS)
+    for k, indices in zip(KEYFRAME_COUNTS, sets, strict=True):
+        assert len(indices) == k
+        assert indices == sorted(indices)
+        assert len(set(indices)) == k  # distinct frames are available, so no repeats
+        assert all(0 <= i < count for i in indices)
+        assert all(isinstance(i, int) for i in indices)
+
+
+def test_ping_pong():
+    assert ping_pong(3, 8) == [0, 1, 2, 1, 0, 1, 2, 1]
+    assert ping_pong(2, 5) == [0, 1, 0, 1, 0]
+    assert ping_pong(1, 4) == [0, 0, 0, 0]
+    assert ping_pong(5, 3) == [0, 1, 2]
+
+
+def test_a_clip_shorter_than_k_is_extended_ping_pong():
+    sets = keyframe_sets(moving_clip(3))
+    for k, indices in zip(KEYFRAME_COUNTS, sets, strict=True):
+        assert indices == ping_pong(3, k)
+    assert sets[KEYFRAME_COUNTS.index(8)] == [0, 1, 2, 1, 0, 1, 2, 1]
+
+
+def test_a_single_frame_repeats():
+    sets = keyframe_sets(clip("A"))
+    assert sets == [[0] * k for k in KEYFRAME_COUNTS]
+
+
+def test_one_index_per_distinct_pose():
+    features = thumbnails(clip("AAAABBBBCCCC"))
+    for seed in range(5):
+        assert select_keyframes(features, 3, seed) == [0, 4, 8]
+    sets = keyframe_sets(clip("AAAABBBBCCCC"))
+    assert sets[0] == [0, 4, 8]
+    # With more k than poses, the first frame of each pose is always in the set.
+    for indices in sets[1:]:
+        assert {0, 4, 8} <= set(indices)
+
+
+def test_poses_in_any_order_are_found_by_their_first_frame():
+    sets = keyframe_sets(clip("CCCAAAAADDBB"))
+    assert sets[KEYFRAME_COUNTS.index(4)] == [0, 3, 8, 10]
+
+
+def test_same_seed_same_sets():
+    frames = np.random.default_rng(0).integers(0, 256, (16, 32, 32, 3), dtype=np.uint8)
+    features = thumbnails(frames)
+    for k in KEYFRAME_COUNTS:
+        assert select_keyframes(features, k, seed=7) == select_keyframes(features, k, seed=7)
+    assert keyframe_sets(frames, "ab" * 32) == keyframe_sets(frames, "ab" * 32)
+
+
+def test_thumbnails_are_small_features_in_0_1():
+    features = thumbnails(clip("AB", size=40))
+    assert features.shape == (2, 192)
+    assert features.min() >= 0.0 and features.max() <= 1.0
+    assert np.allclose(features[0].reshape(8, 8, 3)[3, 3], np.array(POSES[0]) / 255)

@@ -9,7 +9,9 @@ from importlib.metadata import version
 
 from jobs.demo import add_demo_parser
 from jobs.preprocess import add_preprocess_parser
+from pipeline.discover import InputError
 from schemas.config import ConfigError
+from schemas.reader import SchemaVersionError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return args.run(args)
-    except (ConfigError, ValueError, FileNotFoundError) as error:
+    except (ConfigError, InputError, SchemaVersionError, FileNotFoundError) as error:  # the user's to fix
         print(f"rdtf {args.command}: error: {error}", file=sys.stderr)
         return 2
 

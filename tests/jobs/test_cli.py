@@ -1,0 +1,59 @@
+"""The `rdtf` command line: help, version, and errors that say what was wrong before any work starts."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from jobs.cli import main
+
+
+def test_help_and_version() -> None:
+    result = subprocess.run([sys.executable, "-m", "jobs.cli", "--help"], capture_output=True, text=True, check=True)
+    assert "preprocess" in result.stdout and "demo" in result.stdout
+    result = subprocess.run([sys.executable, "-m", "jobs.cli", "--version"], capture_output=True, text=True, check=True)
+    assert result.stdout.startswith("rdtf ")
+    result = subprocess.run(
+        [sys.executable, "-m", "jobs.cli", "preprocess", "--help"], capture_output=True, text=True, check=True
+    )
+    assert "--out" in result.stdout and "--address" in result.stdout
+
+
+def test_bad_config_key_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text("decode:\n  fsp: 4\n")
+    assert main(["preprocess", str(tmp_path), "--out", str(tmp_path / "out"), "--config", str(config)]) == 2
+    assert "decode.fsp" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_out_of_range_flag_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["preprocess", str(tmp_path), "--out", str(tmp_path / "out"), "--max-frames", "0"]) == 2
+    assert "decode.max_frames" in capsys.readouterr().err
+
+
+def test_missing_input_says_what_to_name(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["preprocess", str(tmp_path / "nope"), "--out", str(tmp_path / "out")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_empty_folder_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "empty").mkdir()
+    assert main(["preprocess", str(tmp_path / "empty"), "--out", str(tmp_path / "out")]) == 2
+    assert "no inputs found" in capsys.readouterr().err
+
+
+def test_changed_settings_on_an_existing_output_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from pipeline.card import make_card
+    from pipeline.config import PreprocessConfig
+    from schemas.config import to_dict
+    from schemas.layout import DatasetLayout
+
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.gif").write_bytes(b"GIF89a")
+    DatasetLayout.at(str(tmp_path / "out")).write_card(make_card(to_dict(PreprocessConfig()), "complete", None, None))
+    assert main(["preprocess", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--fps", "4"]) == 2
+    assert "different 'decode' settings" in capsys.readouterr().err

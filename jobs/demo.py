@@ -42,5 +42,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"demo: {reader.num_rows} rows; the three hardest by static difficulty:")
     for row in sorted(table.to_pylist(), key=lambda r: -r["static_difficulty"])[:3]:
         print(f"  {row['static_difficulty']:.3f}  {os.path.basename(row['source_uri'])}  {row['caption'] or ''}")
-    print(f"demo: rejects with reasons: {dataset}/rejects/ -- read them with schemas.open_dataset('{dataset}').rejects()")
+    print(
+        f"demo: rejects with reasons: {dataset}/rejects/ -- read them with schemas.open_dataset('{dataset}').rejects()"
+    )
     return 0

@@ -40,9 +40,14 @@ def add_preprocess_parser(commands: Any) -> None:
         ),
         epilog="Settings: docs/preprocess.md. Every input ends as a row or a reject: see docs/rejects.md.",
     )
-    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="a folder (recursive), a glob, a manifest "
-                        "(.csv/.jsonl/.parquet with a path column and optional caption and id), or a file; "
-                        "local paths or URIs (s3://, gs://, ...)")
+    parser.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="a folder (recursive), a glob, a manifest "
+        "(.csv/.jsonl/.parquet with a path column and optional caption and id), or a file; "
+        "local paths or URIs (s3://, gs://, ...)",
+    )
     parser.add_argument("--out", required=True, metavar="DATASET_DIR", help="where the dataset is written")
     parser.add_argument("--config", metavar="FILE", help="YAML settings (see configs/preprocess.yaml)")
     parser.add_argument("--address", help="run on this Ray cluster (default: an embedded local Ray)")

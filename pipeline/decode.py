@@ -1,7 +1,8 @@
 """Read, probe and decode inputs: ProbeStage refuses what must not be decoded, DecodeStage decodes what was sampled.
 
 GIFs are composited as browsers show them by pipeline.gif (disposal 0-3, partial frames, clipping to the logical
-screen, transparency). Animated WebP and APNG are composited by Pillow (libwebp's and its own APNG disposal/blend); MP4 and WebM by decord.
+screen, transparency). Animated WebP and APNG are composited by Pillow (libwebp's and its own APNG
+disposal/blend); MP4 and WebM are decoded by decord.
 """
 
 from __future__ import annotations
@@ -104,6 +105,8 @@ class DecodeStage(Stage):
             raise Reject("corrupt", f"cannot decode {row['format']} frames: {error}") from error
         missing = sorted(wanted - set(decoded))
         if missing:
-            raise Reject("corrupt", f"the decoder stopped before frame {missing[0]} of {len(row['frame_durations_ms'])}")
+            raise Reject(
+                "corrupt", f"the decoder stopped before frame {missing[0]} of {len(row['frame_durations_ms'])}"
+            )
         canvas = {i: to_canvas(frame, self.cfg.frame_size) for i, frame in decoded.items()}
         return {"frames": np.stack([canvas[i] for i in indices.tolist()]), "frame_timestamps_ms": timestamps.tolist()}

@@ -63,4 +63,8 @@ class EntropyStage(Stage):
     def process_row(self, row: dict[str, Any]) -> dict[str, Any]:
         grey = grey_frames(row["frames"])
         h_s, h_t = spatial_entropy(grey), temporal_entropy(grey)
-        return {"spatial_entropy": h_s, "temporal_entropy": h_t, "static_difficulty": static_difficulty(h_s, h_t, self.cfg)}
+        return {
+            "spatial_entropy": h_s,
+            "temporal_entropy": h_t,
+            "static_difficulty": static_difficulty(h_s, h_t, self.cfg),
+        }

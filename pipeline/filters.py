@@ -26,8 +26,8 @@ class MetadataFilterStage(Stage):
         ratio = max(width, height) / min(width, height)
         if ratio > self.cfg.max_aspect_ratio:
             raise Reject(
-                "bad_aspect_ratio", f"{width}x{height} has aspect {ratio:.2f} > filters.max_aspect_ratio"
-                f"={self.cfg.max_aspect_ratio}"
+                "bad_aspect_ratio",
+                f"{width}x{height} has aspect {ratio:.2f} > filters.max_aspect_ratio={self.cfg.max_aspect_ratio}",
             )
         if frames < self.cfg.min_frames:
             raise Reject("too_few_frames", f"{frames} frames < filters.min_frames={self.cfg.min_frames}")

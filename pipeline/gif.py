@@ -90,8 +90,17 @@ def parse_gif(data: bytes) -> GifFile:
                 delay_cs, disposal, transparent = control
                 frames.append(
                     GifFrameInfo(
-                        left, top, w, h, delay_cs * 10, disposal, transparent, bool(image_flags & 0x40),
-                        local_table or global_table, start, pos,
+                        left,
+                        top,
+                        w,
+                        h,
+                        delay_cs * 10,
+                        disposal,
+                        transparent,
+                        bool(image_flags & 0x40),
+                        local_table or global_table,
+                        start,
+                        pos,
                     )
                 )
                 control = (0, 0, None)

@@ -1,10 +1,10 @@
 """`rdtf preprocess` from start to end: the table of contents of the pipeline.
 
-    1. discover the inputs and skip those the output already accounts for (resume);
-    2. hash pass: read and hash every remaining input (Ray Data), so duplicates are known across the whole input;
-    3. write the duplicate and unreadable rejects;
-    4. main pass (Ray Data): probe -> metadata filters -> decode -> entropy -> entropy filter -> keyframes -> write;
-    5. count what the files hold, check that every input is there exactly once, and write the dataset card.
+1. discover the inputs and skip those the output already accounts for (resume);
+2. hash pass: read and hash every remaining input (Ray Data), so duplicates are known across the whole input;
+3. write the duplicate and unreadable rejects;
+4. main pass (Ray Data): probe -> metadata filters -> decode -> entropy -> entropy filter -> keyframes -> write;
+5. count what the files hold, check that every input is there exactly once, and write the dataset card.
 """
 
 from __future__ import annotations
@@ -210,8 +210,11 @@ def run_preprocess(
         # 4. Main pass over the kept copies.
         by_uri = {item.source_uri: item for item in todo}
         rows = [
-            {**{c: r[c] for c in ("source_uri", "sample_id", "num_bytes")},
-             "caption": by_uri[r["source_uri"]].caption, "source_id": by_uri[r["source_uri"]].source_id}
+            {
+                **{c: r[c] for c in ("source_uri", "sample_id", "num_bytes")},
+                "caption": by_uri[r["source_uri"]].caption,
+                "source_id": by_uri[r["source_uri"]].source_id,
+            }
             for r in hashed
             if r["reject_reason"] is None
         ]
@@ -227,7 +230,9 @@ def run_preprocess(
         sink = ShardWriter(output, cfg.decode.frame_size)
         with tqdm(total=len(rows), desc="preprocessing", unit="sticker", disable=not show_progress) as bar:
             for batch in _map(rows, stages, sink, SUMMARY_OUTPUT, cfg.ray.rows_per_shard) if rows else []:
-                for reason, size in zip(batch["reject_reason"].to_pylist(), batch["num_bytes"].to_pylist(), strict=True):
+                for reason, size in zip(
+                    batch["reject_reason"].to_pylist(), batch["num_bytes"].to_pylist(), strict=True
+                ):
                     summary.bytes_read += size or 0
                     if reason is None:
                         summary.written += 1
@@ -246,8 +251,13 @@ def run_preprocess(
             f"{len(twice)} present more than once (e.g. {twice[:3]}). This is a bug in rdtf: please report it."
         )
     summary.seconds = time.monotonic() - start
-    last_run = {"inputs": summary.inputs, "already_done": summary.already_done, "written": summary.written,
-                "rejected": dict(summary.rejected), "seconds": round(summary.seconds, 2)}
+    last_run = {
+        "inputs": summary.inputs,
+        "already_done": summary.already_done,
+        "written": summary.written,
+        "rejected": dict(summary.rejected),
+        "seconds": round(summary.seconds, 2),
+    }
     summary.card = make_card(config, "complete", count_outputs(layout), last_run)
     layout.write_card(summary.card)
     return summary

@@ -92,7 +92,9 @@ def write_rejects(layout: DatasetLayout, batch: Batch) -> None:
     """Write only the rejects of a batch (the driver's hash-pass and duplicate rejects)."""
     rows = reject_rows(batch)
     if rows:
-        write_table(layout, REJECTS_DIR, shard_name([r["source_uri"] for r in rows]), pa.Table.from_pylist(rows, REJECT_SCHEMA))
+        write_table(
+            layout, REJECTS_DIR, shard_name([r["source_uri"] for r in rows]), pa.Table.from_pylist(rows, REJECT_SCHEMA)
+        )
 
 
 class ShardWriter:

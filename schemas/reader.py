@@ -1,8 +1,8 @@
 """The one way to open a curated dataset: checks the schema version, then reads rows, rejects or rank shards.
 
-    >>> ds = open_dataset("out/stickers")
-    >>> ds.num_rows, ds.card["counts"]
-    >>> for batch in ds.iter_batches(columns=["sample_id", "frames"], rank=0, world_size=2): ...
+>>> ds = open_dataset("out/stickers")
+>>> ds.num_rows, ds.card["counts"]
+>>> for batch in ds.iter_batches(columns=["sample_id", "frames"], rank=0, world_size=2): ...
 """
 
 from __future__ import annotations

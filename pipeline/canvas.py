@@ -21,9 +21,9 @@ def to_canvas(frame: Image.Image, size: int) -> np.ndarray:
         flat.paste(frame, mask=frame)  # "over" with the frame's own alpha
     else:
         flat = frame.convert("RGB")
-    if new_w < width:
+    if scale < 1:
         flat = flat.resize((new_w, new_h), Image.Resampling.LANCZOS, reducing_gap=REDUCING_GAP)
-    elif new_w > width:
+    elif (new_w, new_h) != (width, height):
         flat = flat.resize((new_w, new_h), Image.Resampling.BICUBIC)  # upscaling: Lanczos costs 2x for no gain
     canvas = Image.new("RGB", (size, size), WHITE)
     canvas.paste(flat, ((size - new_w) // 2, (size - new_h) // 2))

@@ -35,11 +35,11 @@ class ProbeStage(Stage):
     def process_row(self, row: dict[str, Any]) -> dict[str, Any]:
         data = read_bytes(row["source_uri"], self.cfg.max_file_bytes)
         facts = probe(data)
-        pixels = facts.width * facts.height * facts.num_frames
+        pixels = facts.decoded_pixels
         if pixels > self.cfg.max_total_pixels:
             raise Reject(
                 "decompression_bomb",
-                f"{facts.width}x{facts.height} x {facts.num_frames} frames = {pixels} pixels is over "
+                f"{facts.width}x{facts.height}, {facts.num_frames} frames: {pixels} decoded pixels is over "
                 f"decode.max_total_pixels={self.cfg.max_total_pixels}",
             )
         return {
@@ -59,8 +59,10 @@ def _gif_frames(data: bytes, wanted: set[int]) -> dict[int, Image.Image]:
 def _pillow_frames(data: bytes, wanted: set[int]) -> dict[int, Image.Image]:
     frames: dict[int, Image.Image] = {}
     with Image.open(io.BytesIO(data)) as image:
+        # An APNG's default image may sit outside the animation: Pillow shows it as frame 0, browsers never do.
+        first = 1 if image.info.get("default_image") else 0
         for index in sorted(wanted):
-            image.seek(index)
+            image.seek(index + first)
             frames[index] = image.convert("RGBA")
     return frames
 

@@ -16,11 +16,13 @@ from pipeline.gif import parse_gif
 from pipeline.stage import Reject
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-# Browsers play a GIF delay of 0 or 10 ms at 100 ms; the same rule is applied to every animated format here.
+# Browsers play a GIF delay of 0 or 10 ms at 100 ms; the same rule is applied to animated WebP and APNG here
+# (their delays are a file's intent too), never to videos, whose short frames are real (120 fps is 8 ms).
 BROWSER_MIN_DELAY_MS = 10
 BROWSER_DEFAULT_DELAY_MS = 100
 # A still image is one frame shown for this long.
 STILL_DURATION_MS = 100
+ANIMATED_IMAGE_FORMATS = ("gif", "webp", "apng")
 # ISO-BMFF brands of still images (AVIF, HEIF): an `ftyp` box that is not a video.
 IMAGE_BRANDS = (b"avif", b"avis", b"heic", b"heix", b"mif1", b"msf1")
 
@@ -34,14 +36,23 @@ class Probe:
     height: int
     delays_ms: tuple[int, ...]
     truncated: bool = False  # frames after the last complete one are missing
+    # Pixels a decoder touches: more than width x height x frames when GIF frames are larger than the screen.
+    frame_pixels: int | None = None
 
     @property
     def num_frames(self) -> int:
         return len(self.delays_ms)
 
     @property
+    def decoded_pixels(self) -> int:
+        """What the decompression-bomb limit is checked against."""
+        return self.frame_pixels if self.frame_pixels is not None else self.width * self.height * self.num_frames
+
+    @property
     def durations_ms(self) -> list[int]:
-        """Display time of each frame as a browser plays it."""
+        """Display time of each frame as a browser plays it (videos: as stored)."""
+        if self.format not in ANIMATED_IMAGE_FORMATS:
+            return list(self.delays_ms)
         return [BROWSER_DEFAULT_DELAY_MS if d <= BROWSER_MIN_DELAY_MS else d for d in self.delays_ms]
 
 
@@ -69,7 +80,9 @@ def _gif(data: bytes) -> Probe:
         raise Reject("corrupt", str(error)) from error
     if not gif.frames:
         raise Reject("corrupt", "GIF has no complete frame (truncated or malformed)")
-    return Probe("gif", gif.width, gif.height, tuple(f.delay_ms for f in gif.frames), gif.truncated)
+    screen = gif.width * gif.height
+    pixels = sum(max(f.width * f.height, screen) for f in gif.frames)  # each frame decoded, then composited
+    return Probe("gif", gif.width, gif.height, tuple(f.delay_ms for f in gif.frames), gif.truncated, pixels)
 
 
 def _png_chunks(data: bytes) -> dict[bytes, list[bytes]]:

@@ -50,7 +50,9 @@ def _convert(value: Any, kind: Any, key: str) -> Any:
             raise ConfigError(f"config key '{key}': expected a list, got {value!r}")
         item = args[0] if args else Any
         return origin(_convert(v, item, f"{key}[{i}]") for i, v in enumerate(value))
-    if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+    if kind is float:
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise ConfigError(f"config key '{key}': expected a number, got {value!r}")
         return float(value)
     if kind in (int, str, bool) and not (isinstance(value, kind) and (kind is bool or not isinstance(value, bool))):
         raise ConfigError(f"config key '{key}': expected {kind.__name__}, got {value!r}")

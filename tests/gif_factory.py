@@ -111,9 +111,7 @@ def build_gif(
     return bytes(out + b"\x3b")
 
 
-def reference_composite(
-    frames: Sequence[GifFrame], width: int, height: int, palette: np.ndarray
-) -> list[np.ndarray]:
+def reference_composite(frames: Sequence[GifFrame], width: int, height: int, palette: np.ndarray) -> list[np.ndarray]:
     """What a browser shows: one (height, width, 4) uint8 RGBA canvas per frame.
 
     The canvas starts fully transparent. Disposal 2 clears the frame's rectangle to

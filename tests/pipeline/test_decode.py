@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from PIL import Image
 from gif_factory import GifFrame, build_gif
 from media_factory import grey_ramp_video_frames, image_bytes, noise_frames, solid_frames, video_bytes
+from PIL import Image
 
 from pipeline.config import DecodeConfig
 from pipeline.decode import DecodeStage
@@ -19,8 +19,12 @@ RED, GREEN, BLUE, WHITE = (220, 30, 30), (30, 200, 30), (30, 30, 220), (255, 255
 def decode(data: bytes, cfg: DecodeConfig | None = None) -> dict:
     """Probe `data`, run DecodeStage on a one-row batch, and return the row (rejects included)."""
     facts = probe(data)
-    batch = {"source_uri": ["mem://sticker"], "data": [data], "format": [facts.format],
-             "frame_durations_ms": [facts.durations_ms]}
+    batch = {
+        "source_uri": ["mem://sticker"],
+        "data": [data],
+        "format": [facts.format],
+        "frame_durations_ms": [facts.durations_ms],
+    }
     out = DecodeStage(cfg or DecodeConfig())(batch)
     return {column: values[0] for column, values in out.items()}
 
@@ -75,7 +79,7 @@ def test_video_frames_come_in_display_order(inputs, fmt):
     row = decode(inputs[fmt], DecodeConfig(fps=10))
     brightness = [int(f[128, 128].mean()) for f in row["frames"]]
     assert len(brightness) == 6
-    assert all(b > a + 10 for a, b in zip(brightness, brightness[1:])), brightness
+    assert all(b > a + 10 for a, b in zip(brightness, brightness[1:], strict=False)), brightness
 
 
 @pytest.mark.parametrize("fps, max_frames, delays", [(8, 16, [100] * 5), (10, 4, [100] * 30), (4, 16, [50, 300, 20])])

@@ -47,65 +47,92 @@ def _holey(seed: int, h: int, w: int) -> np.ndarray:
 
 
 CASES: dict[str, GifCase] = {
-    "disposal0_partial": GifCase([
-        GifFrame(_noise(1, H, W)),
-        GifFrame(_noise(2, 4, 5), left=3, top=2),
-        GifFrame(_holey(3, 3, 6), left=10, top=9, transparent_index=0),
-    ]),
-    "disposal1_transparency": GifCase([
-        GifFrame(_noise(4, H, W), disposal=1),
-        GifFrame(_holey(5, H, W), disposal=1, transparent_index=0),
-        GifFrame(_holey(6, 5, 4), left=7, top=6, disposal=1, transparent_index=0),
-    ]),
-    "disposal2_transparent_index": GifCase([
-        GifFrame(_noise(7, H, W)),
-        GifFrame(_holey(8, 5, 6), left=4, top=3, disposal=2, transparent_index=0),
-        GifFrame(_holey(9, 4, 4), left=8, top=6, transparent_index=0),
-    ]),
-    "disposal2_no_transparency_bg3": GifCase([
-        GifFrame(_noise(10, H, W)),
-        GifFrame(_noise(11, 5, 6), left=4, top=3, disposal=2),
-        GifFrame(_noise(12, 4, 4), left=8, top=6),
-    ], background_index=3),
-    "disposal3_restore": GifCase([
-        GifFrame(_noise(13, H, W)),
-        GifFrame(_noise(14, 5, 6), left=2, top=2, disposal=3),
-        GifFrame(_holey(15, 6, 6), left=5, top=4, disposal=3, transparent_index=0),
-        GifFrame(_holey(16, 3, 3), left=6, top=5, transparent_index=0),
-    ]),
-    "overhang_non_first_frame": GifCase([
-        GifFrame(_noise(17, H, W)),
-        GifFrame(_holey(18, 7, 8), left=15, top=12, disposal=2, transparent_index=0),
-        GifFrame(_noise(19, H + 4, 6), left=4, top=3),  # taller than the logical screen
-    ]),
-    "wider_than_screen": GifCase([
-        GifFrame(_noise(34, H, W)),
-        GifFrame(_noise(35, 6, W + 5), left=3, top=5),
-    ]),
-    "interlaced": GifCase([
-        GifFrame(_noise(20, H, W), interlace=True),
-        GifFrame(_holey(21, 7, 5), left=2, top=3, interlace=True, transparent_index=0),
-    ]),
-    "local_palette": GifCase([
-        GifFrame(_noise(22, H, W)),
-        GifFrame(_noise(23, 5, 7, low=0, high=4), left=3, top=3, local_palette=LOCAL_PALETTE),
-        GifFrame(_holey(24, 6, 6) % 4, left=9, top=7, local_palette=LOCAL_PALETTE, transparent_index=0),
-        GifFrame(_holey(25, 4, 4), left=1, top=10, transparent_index=0),
-    ]),
-    "zero_delay": GifCase([
-        GifFrame(_noise(26, H, W), delay_cs=0),
-        GifFrame(_noise(27, 4, 4), left=2, top=2, delay_cs=1),
-        GifFrame(_holey(28, 5, 5), left=8, top=8, delay_cs=0, transparent_index=0),
-        GifFrame(_noise(29, 3, 3), left=15, top=1, delay_cs=7),
-    ]),
-    "first_frame_transparent": GifCase([
-        GifFrame(_holey(30, H, W), transparent_index=0),
-        GifFrame(_noise(31, 4, 6), left=5, top=5),
-    ], background_index=2),
-    "first_frame_partial_opaque_bg3": GifCase([
-        GifFrame(_noise(32, 6, 8), left=4, top=4),
-        GifFrame(_holey(33, 4, 4), left=14, top=10, transparent_index=0),
-    ], background_index=3),
+    "disposal0_partial": GifCase(
+        [
+            GifFrame(_noise(1, H, W)),
+            GifFrame(_noise(2, 4, 5), left=3, top=2),
+            GifFrame(_holey(3, 3, 6), left=10, top=9, transparent_index=0),
+        ]
+    ),
+    "disposal1_transparency": GifCase(
+        [
+            GifFrame(_noise(4, H, W), disposal=1),
+            GifFrame(_holey(5, H, W), disposal=1, transparent_index=0),
+            GifFrame(_holey(6, 5, 4), left=7, top=6, disposal=1, transparent_index=0),
+        ]
+    ),
+    "disposal2_transparent_index": GifCase(
+        [
+            GifFrame(_noise(7, H, W)),
+            GifFrame(_holey(8, 5, 6), left=4, top=3, disposal=2, transparent_index=0),
+            GifFrame(_holey(9, 4, 4), left=8, top=6, transparent_index=0),
+        ]
+    ),
+    "disposal2_no_transparency_bg3": GifCase(
+        [
+            GifFrame(_noise(10, H, W)),
+            GifFrame(_noise(11, 5, 6), left=4, top=3, disposal=2),
+            GifFrame(_noise(12, 4, 4), left=8, top=6),
+        ],
+        background_index=3,
+    ),
+    "disposal3_restore": GifCase(
+        [
+            GifFrame(_noise(13, H, W)),
+            GifFrame(_noise(14, 5, 6), left=2, top=2, disposal=3),
+            GifFrame(_holey(15, 6, 6), left=5, top=4, disposal=3, transparent_index=0),
+            GifFrame(_holey(16, 3, 3), left=6, top=5, transparent_index=0),
+        ]
+    ),
+    "overhang_non_first_frame": GifCase(
+        [
+            GifFrame(_noise(17, H, W)),
+            GifFrame(_holey(18, 7, 8), left=15, top=12, disposal=2, transparent_index=0),
+            GifFrame(_noise(19, H + 4, 6), left=4, top=3),  # taller than the logical screen
+        ]
+    ),
+    "wider_than_screen": GifCase(
+        [
+            GifFrame(_noise(34, H, W)),
+            GifFrame(_noise(35, 6, W + 5), left=3, top=5),
+        ]
+    ),
+    "interlaced": GifCase(
+        [
+            GifFrame(_noise(20, H, W), interlace=True),
+            GifFrame(_holey(21, 7, 5), left=2, top=3, interlace=True, transparent_index=0),
+        ]
+    ),
+    "local_palette": GifCase(
+        [
+            GifFrame(_noise(22, H, W)),
+            GifFrame(_noise(23, 5, 7, low=0, high=4), left=3, top=3, local_palette=LOCAL_PALETTE),
+            GifFrame(_holey(24, 6, 6) % 4, left=9, top=7, local_palette=LOCAL_PALETTE, transparent_index=0),
+            GifFrame(_holey(25, 4, 4), left=1, top=10, transparent_index=0),
+        ]
+    ),
+    "zero_delay": GifCase(
+        [
+            GifFrame(_noise(26, H, W), delay_cs=0),
+            GifFrame(_noise(27, 4, 4), left=2, top=2, delay_cs=1),
+            GifFrame(_holey(28, 5, 5), left=8, top=8, delay_cs=0, transparent_index=0),
+            GifFrame(_noise(29, 3, 3), left=15, top=1, delay_cs=7),
+        ]
+    ),
+    "first_frame_transparent": GifCase(
+        [
+            GifFrame(_holey(30, H, W), transparent_index=0),
+            GifFrame(_noise(31, 4, 6), left=5, top=5),
+        ],
+        background_index=2,
+    ),
+    "first_frame_partial_opaque_bg3": GifCase(
+        [
+            GifFrame(_noise(32, 6, 8), left=4, top=4),
+            GifFrame(_holey(33, 4, 4), left=14, top=10, transparent_index=0),
+        ],
+        background_index=3,
+    ),
 }
 
 # Measured differences from the browser reference (PyAV 18.1 / libavcodec 62.28, Pillow 13.0).
@@ -222,8 +249,11 @@ def test_rdtf_probe_reads_browser_durations(name: str) -> None:
 
 
 def test_reference_disposal2_clears_to_transparent_not_background() -> None:
-    frames = [GifFrame(np.full((2, 2), 1, np.uint8)), GifFrame(np.full((1, 1), 2, np.uint8), disposal=2),
-              GifFrame(np.full((1, 1), 4, np.uint8), left=1, top=1, transparent_index=4)]
+    frames = [
+        GifFrame(np.full((2, 2), 1, np.uint8)),
+        GifFrame(np.full((1, 1), 2, np.uint8), disposal=2),
+        GifFrame(np.full((1, 1), 4, np.uint8), left=1, top=1, transparent_index=4),
+    ]
     shown = reference_composite(frames, 2, 2, PALETTE)
     assert shown[1][0, 0].tolist() == [0, 255, 0, 255]
     assert shown[2][0, 0].tolist() == [0, 0, 0, 0]

@@ -45,8 +45,17 @@ def samples() -> dict[str, bytes]:
 
 @pytest.mark.parametrize(
     "name, fmt",
-    [("gif", "gif"), ("apng", "apng"), ("webp", "webp"), ("png", "png"), ("webp_still", "webp"),
-     ("webp_still_alpha", "webp"), ("jpeg", "jpeg"), ("mp4", "mp4"), ("webm", "webm")],
+    [
+        ("gif", "gif"),
+        ("apng", "apng"),
+        ("webp", "webp"),
+        ("png", "png"),
+        ("webp_still", "webp"),
+        ("webp_still_alpha", "webp"),
+        ("jpeg", "jpeg"),
+        ("mp4", "mp4"),
+        ("webm", "webm"),
+    ],
 )
 def test_sniff_names_the_format_by_magic_bytes(samples, name, fmt):
     assert sniff(samples[name]) == fmt
@@ -140,7 +149,7 @@ def test_a_gif_that_ends_after_a_frame_without_its_trailer_is_truncated():
 def test_a_complete_gif_is_not_truncated():
     facts = probe(build_gif(_gif_frames(2), 16, 12, PALETTE))
     assert not facts.truncated
-    assert facts == Probe("gif", 16, 12, (50, 100), truncated=False)
+    assert facts == Probe("gif", 16, 12, (50, 100), truncated=False, frame_pixels=2 * 16 * 12)
 
 
 @pytest.mark.parametrize("keep", [6, 13, 40, 200])  # in the header, the palette, the descriptor, the image data

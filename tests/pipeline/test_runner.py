@@ -120,10 +120,22 @@ def _kill_group(process: subprocess.Popen, ray_tmp: str) -> None:
 def test_resume_after_sigkill(
     kill_after_shards: int, manifest: Path, reference: Path, tmp_path: Path, private_ray_tmp: str
 ) -> None:
-    """Kill the job (SIGKILL, no clean-up) once `kill_after_shards` shards exist, re-run it, compare with a clean run."""
+    """SIGKILL the job once `kill_after_shards` shards exist, re-run it, and compare with a clean run."""
     out = tmp_path / "killed"
-    command = [sys.executable, "-m", "jobs.cli", "preprocess", str(manifest), "--out", str(out),
-               "--num-cpus", "2", "--rows-per-shard", "1", "--no-progress"]
+    command = [
+        sys.executable,
+        "-m",
+        "jobs.cli",
+        "preprocess",
+        str(manifest),
+        "--out",
+        str(out),
+        "--num-cpus",
+        "2",
+        "--rows-per-shard",
+        "1",
+        "--no-progress",
+    ]
     process = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while _shard_count(out) < kill_after_shards and process.poll() is None and time.monotonic() < deadline:

@@ -122,8 +122,14 @@ def test_corrupt(tmp_path):
 
 def _garbage_gif(width: int, height: int, frames: int) -> bytes:
     """A GIF whose headers are valid and whose image data is not LZW at all: decoding it must fail."""
-    gif = bytearray(build_gif([GifFrame(np.ones((height, width), np.uint8))] * frames, width, height,
-                              np.array([[0, 0, 0], [200, 0, 0]], np.uint8)))
+    gif = bytearray(
+        build_gif(
+            [GifFrame(np.ones((height, width), np.uint8))] * frames,
+            width,
+            height,
+            np.array([[0, 0, 0], [200, 0, 0]], np.uint8),
+        )
+    )
     body = gif.index(b"\x2c") + 12  # first frame: descriptor, LZW code size, first sub-block size
     gif[body : body + 200] = b"\xff" * 200
     return bytes(gif)
@@ -266,8 +272,16 @@ def test_a_mixed_batch_keeps_every_row_in_order(tmp_path):
     assert batch["source_uri"] == [str(p) for p in paths]
     assert all(len(values) == len(paths) for values in batch.values())
     assert batch["reject_reason"] == [
-        None, "unreadable", "unreadable", "empty_file", "unsupported_format", "corrupt", "too_small",
-        "bad_aspect_ratio", "low_entropy", None,
+        None,
+        "unreadable",
+        "unreadable",
+        "empty_file",
+        "unsupported_format",
+        "corrupt",
+        "too_small",
+        "bad_aspect_ratio",
+        "low_entropy",
+        None,
     ]
     assert batch["reject_stage"] == [None, "hash", "hash", "hash", "probe", "probe", "filter", "filter", "filter", None]
     assert {r for r in batch["reject_reason"] if r is not None} <= set(REJECT_REASONS)

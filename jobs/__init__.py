@@ -1,0 +1,1 @@
+"""The `rdtf` command line (`jobs.cli`) and the demo corpus."""

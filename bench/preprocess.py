@@ -2,7 +2,7 @@
 
 Run from the repository root (needs the shared sticker corpus beside the checkout, ../shared/data/stickers):
 
-    .venv/bin/python bench/preprocess.py                      # P=2 processes, N=299, 10xN=2990
+    .venv/bin/python bench/preprocess.py                      # P=2, N=299, 10xN=2990: about 4 min on 2 CPUs
     .venv/bin/python bench/preprocess.py --processes 4 --n 100 --out-md /tmp/preprocess.md
 
 Everything is measured in one run, each number as a ratio against a baseline measured in the same run:
@@ -12,17 +12,19 @@ Everything is measured in one run, each number as a ratio against a baseline mea
    `multiprocessing` Pool whose tasks open one GIF with Pillow and convert every frame to RGBA). Two pipeline
    numbers: the whole run (Ray start-up and shutdown included), and the work alone: the whole run minus a second run
    of the same job on the finished output, which discovers the inputs and starts and stops Ray but has nothing left
-   to do. The work is the hash pass plus the main pass. Ratio = pipeline GIFs/s / bare GIFs/s; the issue's goal is
-   at least 0.5. The files are read once before any timing, so every timed pass reads from the page cache.
+   to do. The work is the hash pass plus the main pass. Each of the three is timed REPEATS times (bare decoding and
+   pipeline interleaved) and the medians are used. Ratio = pipeline GIFs/s / bare GIFs/s; the issue's goal is at
+   least 0.5. The files are read once before any timing, so every timed pass reads from the page cache.
 2. Peak memory. The sum of the RSS of every Ray process (this driver, raylet, gcs_server, agents, workers), sampled
    every 0.2 s by a background thread, for a run on N inputs and one on 10xN inputs. The inputs are distinct
    variants of the stickers (a few unique bytes after the GIF trailer: decoded identically, different sha256, so
-   nothing is de-duplicated away), N = 299 by default so that both runs have at least P tasks of the default
-   `rows_per_shard` and run P workers at once. The processes counted are the driver's descendants (Ray's daemons
-   and workers are when Ray is embedded) plus, in case one is not, any process whose command line names the
-   RAY_TMPDIR this benchmark sets; the table says how many were found only that way. Ratio = peak(10N) / peak(N);
-   the goal is that peak memory does not grow with the number of inputs (a streaming pipeline). RSS counts the
-   object store's shared pages once in every process that touched them, so the sum is an upper bound.
+   nothing is de-duplicated away), N = 299 by default so that both runs are cut into several tasks of the default
+   `rows_per_shard` and can run P of them at once (the table says how many did). The processes counted are the
+   driver's descendants (Ray's daemons and workers are when Ray is embedded) plus, in case one is not, any process
+   whose command line names the RAY_TMPDIR this benchmark sets; the table says how many were found only that way.
+   Ratio = peak(10N) / peak(N); the goal is that peak memory does not grow with the number of inputs (a streaming
+   pipeline). RSS counts the object store's shared pages once in every process that touched them, so the sum is an
+   upper bound.
 3. Where the time goes: every stage of the main pass (and the hash pass) called directly, in this process, on a
    subset of the stickers, with the share of each stage; and bare decoding of the same subset in this process.
 
@@ -34,6 +36,7 @@ folders that it deletes at the end, and prints a markdown table (machine, date, 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import datetime
 import multiprocessing
@@ -41,6 +44,8 @@ import os
 import platform
 import random
 import shutil
+import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -57,8 +62,9 @@ REPO = Path(__file__).resolve().parent.parent
 STICKERS = REPO.parent / "shared" / "data" / "stickers"
 SAMPLE_PERIOD_S = 0.2
 SCALE = 10  # the large memory run has SCALE x N inputs
-GIF_TRAILER = b"\x3b"
 SEED = 0  # which stickers the variants and the stage subset use
+REPEATS = 3  # bare decoding, pipeline, and pipeline on its finished output: each timed this often, median reported
+BUSY_WORKER = "ray::MapBatches"  # a worker's process title while it runs a pipeline task
 
 if str(REPO) not in sys.path:  # run as a script from anywhere: the checkout's packages come first
     sys.path.insert(0, str(REPO))
@@ -80,12 +86,14 @@ def warm_page_cache(paths: list[Path]) -> int:
 
 
 def write_variants(stickers: list[tuple[Path, str]], count: int, small: int, folder: Path) -> list[Path]:
-    """`count` distinct GIFs: the stickers in a seeded shuffled order, cycled, each with a unique tail after the trailer.
+    """`count` distinct GIFs: the stickers in a seeded shuffle, cycled, each with a unique tail after its trailer.
 
     The GIF parsers (pipeline.gif and Pillow) stop at the trailer, so a variant decodes exactly like its sticker,
     but its bytes (and so its sample_id) are its own. Writes manifest.csv naming all of them and small.csv naming
     the first `small`; returns the paths in variant order.
     """
+    from pipeline.gif import parse_gif
+
     order = list(range(len(stickers)))
     random.Random(SEED).shuffle(order)
     folder.mkdir(parents=True)
@@ -95,10 +103,11 @@ def write_variants(stickers: list[tuple[Path, str]], count: int, small: int, fol
     for i in range(count):
         source, caption = stickers[order[i % len(order)]]
         data = cache.setdefault(order[i % len(order)], source.read_bytes())
-        if not data.endswith(GIF_TRAILER):
-            raise ValueError(f"{source} does not end with the GIF trailer; a tail after it would not be ignored")
+        tail = f"rdtf-bench-{i}".encode()
+        if i < len(order) and parse_gif(data).truncated:  # checked once per sticker
+            raise ValueError(f"{source} has no GIF trailer: a tail after its end would be read as image data")
         path = folder / f"v{i:06d}_{source.name}"
-        path.write_bytes(data + f"rdtf-bench-{i}".encode())
+        path.write_bytes(data + tail)
         paths.append(path)
         rows.append({"file": path.name, "text": caption})
     for name, part in (("manifest.csv", rows), ("small.csv", rows[:small])):
@@ -154,6 +163,7 @@ class MemorySample:
     total: int  # bytes, sum of RSS
     by_kind: dict[str, int]  # bytes per process kind
     processes: int
+    busy_workers: int = 0
 
 
 @dataclass
@@ -165,6 +175,7 @@ class MemorySampler:
     peak: MemorySample = field(default_factory=lambda: MemorySample(0, {}, 0))
     samples: int = 0
     max_processes: int = 0
+    max_busy_workers: int = 0  # pipeline tasks running at once
     only_by_cmdline: set[int] = field(default_factory=set)  # Ray processes that were not descendants of the driver
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
@@ -184,23 +195,25 @@ class MemorySampler:
                 self.only_by_cmdline.add(p.pid)
         total = 0
         by_kind: Counter[str] = Counter()
-        counted = 0
+        counted = busy = 0
         for pid, proc in procs.items():
             try:
                 rss = proc.memory_info().rss
                 kind = process_kind(proc, me.pid) if pid in descendants else "not descendants"
+                busy += proc.name().startswith(BUSY_WORKER)
             except psutil.Error:  # it exited between the listing and now
                 continue
             total += rss
             by_kind[kind] += rss
             counted += 1
-        return MemorySample(total, dict(by_kind), counted)
+        return MemorySample(total, dict(by_kind), counted, busy)
 
     def _loop(self) -> None:
         while not self._stop.is_set():
             current = self.sample()
             self.samples += 1
             self.max_processes = max(self.max_processes, current.processes)
+            self.max_busy_workers = max(self.max_busy_workers, current.busy_workers)
             if current.total > self.peak.total:
                 self.peak = current
             self._stop.wait(self.period_s)
@@ -248,16 +261,15 @@ def stop_own_children() -> None:
 
 @dataclass
 class PipelineRun:
-    inputs: int
+    processed: int  # written + rejected by this run
     wall_s: float
-    summary_s: float
     written: int
     rejected: dict[str, int]
-    memory: MemorySampler | None = None
+    memory: MemorySampler  # empty when memory was not measured
 
     @property
     def rate(self) -> float:
-        return self.inputs / self.wall_s
+        return self.processed / self.wall_s
 
 
 def run_pipeline(
@@ -268,28 +280,25 @@ def run_pipeline(
     from pipeline.runner import run_preprocess
 
     cfg = PreprocessConfig(ray=RayConfig(num_cpus=processes, rows_per_shard=rows_per_shard))
-    sampler = MemorySampler(ray_tmpdir) if measure_memory else None
-    if sampler is not None:
-        sampler.__enter__()
-    try:
+    sampler = MemorySampler(ray_tmpdir)
+    with sampler if measure_memory else contextlib.nullcontext():
         start = time.perf_counter()
         summary = run_preprocess(inputs, str(output), cfg, show_progress=False)
         wall = time.perf_counter() - start
-    finally:
-        if sampler is not None:
-            sampler.__exit__()
     left = wait_for_children_to_exit()
     if left:
         raise RuntimeError(f"processes {left} were still running 30 s after the pipeline returned")
     done = summary.written + sum(summary.rejected.values())
-    return PipelineRun(done, wall, summary.seconds, summary.written, dict(summary.rejected), sampler)
+    return PipelineRun(done, wall, summary.written, dict(summary.rejected), sampler)
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Stages in this process
 
 
-def time_stages(paths: list[Path], captions: list[str], output: Path, rows_per_batch: int) -> tuple[dict[str, float], int]:
+def time_stages(
+    paths: list[Path], captions: list[str], output: Path, rows_per_batch: int
+) -> tuple[dict[str, float], int]:
     """Seconds per stage over `paths`, each stage called directly on batches in this process; and rows written."""
     from pipeline.config import PreprocessConfig
     from pipeline.decode import DecodeStage, ProbeStage
@@ -319,22 +328,145 @@ def time_stages(paths: list[Path], captions: list[str], output: Path, rows_per_b
         batch: dict[str, list[Any]] = {"source_uri": [str(p.resolve()) for p in chunk]}
         t = time.perf_counter()
         batch = hash_stage(batch)
-        seconds["hash (hash pass)"] += time.perf_counter() - t
+        seconds["HashStage (hash pass)"] += time.perf_counter() - t
         batch["caption"] = captions[begin : begin + rows_per_batch]
         batch["source_id"] = [None] * len(chunk)
         for stage in stages:
             t = time.perf_counter()
             batch = stage(batch)
-            seconds[stage.name] += time.perf_counter() - t
+            seconds[type(stage).__name__] += time.perf_counter() - t
         written += sum(r is None for r in batch["reject_reason"])
         t = time.perf_counter()
         sink(batch)
-        seconds["write (PNG + Parquet)"] += time.perf_counter() - t
+        seconds["ShardWriter (PNG + Parquet)"] += time.perf_counter() - t
     return dict(seconds), written
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Report
+# The three measurements; each returns the rows of the final table
+
+
+Rows = list[tuple[str, str]]
+
+
+def mib(n: float) -> str:
+    return f"{n / 2**20:.0f} MiB"
+
+
+def measure_throughput(
+    stickers: Path, paths: list[Path], processes: int, rows_per_shard: int, ray_tmpdir: str, work: Path
+) -> Rows:
+    """Bare decoding and the pipeline, REPEATS times each, interleaved; then the job again on a finished output."""
+    n = len(paths)
+    total_bytes = warm_page_cache(paths)
+    print(f"{n} stickers, {total_bytes / 2**20:.1f} MiB; P={processes}, rows_per_shard={rows_per_shard}", flush=True)
+    manifest = [str(stickers / "manifest.csv")]
+    bare: list[float] = []
+    full: list[PipelineRun] = []
+    for i in range(REPEATS):
+        seconds, frames = bare_decode(paths, processes)
+        bare.append(seconds)
+        full.append(run_pipeline(manifest, work / f"out-stickers-{i}", processes, rows_per_shard, ray_tmpdir, False))
+        print(
+            f"bare decoding {seconds:.1f} s ({frames} frames); pipeline {full[-1].wall_s:.1f} s "
+            f"({full[-1].written} written, {full[-1].rejected})",
+            flush=True,
+        )
+    # Nothing left to do: discovery, the resume check, Ray start and stop, the accounting check and the card.
+    idle = [
+        run_pipeline(manifest, work / "out-stickers-0", processes, rows_per_shard, ray_tmpdir, False).wall_s
+        for _ in range(REPEATS)
+    ]
+    print(f"same job on its finished output: {', '.join(f'{s:.1f}' for s in idle)} s", flush=True)
+    bare_s = statistics.median(bare)
+    full_s = statistics.median(run.wall_s for run in full)
+    idle_s = statistics.median(idle)
+    work_s = full_s - idle_s
+    bare_rate = n / bare_s
+    if any(run.processed != n for run in full):
+        raise RuntimeError(f"a pipeline run did not process all {n} stickers")
+
+    def each(values: list[float]) -> str:
+        return ", ".join(f"{v:.1f}" for v in values)
+
+    return [
+        ("inputs (throughput)", f"{n} real stickers (manifest.csv), {total_bytes / 2**20:.1f} MiB, {frames} frames"),
+        (
+            "bare decoding (Pillow, every frame to RGBA), P processes",
+            f"{bare_s:.1f} s = {bare_rate:.1f} GIFs/s (median of {each(bare)} s)",
+        ),
+        (
+            "pipeline, whole run",
+            f"{full_s:.1f} s = {n / full_s:.1f} GIFs/s (median of {each([r.wall_s for r in full])} s; "
+            f"{full[0].written} written, {sum(full[0].rejected.values())} rejected)",
+        ),
+        ("same job on its finished output (discovery, Ray start/stop)", f"{idle_s:.1f} s (median of {each(idle)} s)"),
+        (
+            "pipeline, work alone = whole run - the above (hash + main pass)",
+            f"{work_s:.1f} s = {n / work_s:.1f} GIFs/s",
+        ),
+        ("**ratio pipeline / bare, whole run** (goal >= 0.5)", f"**{n / full_s / bare_rate:.2f}**"),
+        ("**ratio pipeline / bare, work alone** (goal >= 0.5)", f"**{n / work_s / bare_rate:.2f}**"),
+    ]
+
+
+def peak_breakdown(sampler: MemorySampler) -> str:
+    parts = sorted(sampler.peak.by_kind.items(), key=lambda kv: -kv[1])
+    return ", ".join(f"{kind} {mib(size)}" for kind, size in parts) + f"; {sampler.peak.processes} processes"
+
+
+def measure_memory(
+    stickers: list[tuple[Path, str]], n: int, processes: int, rows_per_shard: int, ray_tmpdir: str, work: Path
+) -> Rows:
+    variants = work / "variants"
+    warm_page_cache(write_variants(stickers, SCALE * n, n, variants))
+    runs: list[PipelineRun] = []
+    for size, manifest in ((n, "small.csv"), (SCALE * n, "manifest.csv")):
+        inputs = [str(variants / manifest)]
+        run = run_pipeline(inputs, work / f"out-{size}", processes, rows_per_shard, ray_tmpdir, measure_memory=True)
+        if run.processed != size:
+            raise RuntimeError(f"the run on {size} inputs processed {run.processed}: were some de-duplicated?")
+        print(f"{size} inputs: {run.wall_s:.1f} s, peak {mib(run.memory.peak.total)}", flush=True)
+        runs.append(run)
+    small, large = runs
+    rows = [
+        (
+            f"peak RSS of all Ray processes, {label} = {run.processed} inputs",
+            f"{mib(run.memory.peak.total)} ({run.wall_s:.0f} s run, {run.rate:.1f} GIFs/s, at most "
+            f"{run.memory.max_busy_workers} tasks at once; at the peak: {peak_breakdown(run.memory)})",
+        )
+        for label, run in (("N", small), (f"{SCALE}xN", large))
+    ]
+    not_descendants = len(small.memory.only_by_cmdline | large.memory.only_by_cmdline)
+    return rows + [
+        (
+            f"**ratio peak({SCALE}N) / peak(N)** (goal: ~1, no growth)",
+            f"**{large.memory.peak.total / small.memory.peak.total:.2f}**",
+        ),
+        ("Ray processes that were not descendants of the driver (found by RAY_TMPDIR)", str(not_descendants)),
+        (f"memory samples (every {SAMPLE_PERIOD_S} s)", f"{small.memory.samples} + {large.memory.samples}"),
+    ]
+
+
+def measure_stages(stickers: list[tuple[Path, str]], count: int, rows_per_shard: int, work: Path) -> Rows:
+    subset = random.Random(SEED).sample(stickers, min(count, len(stickers)))
+    paths = [p for p, _ in subset]
+    seconds, _ = time_stages(paths, [c for _, c in subset], work / "out-stages", rows_per_shard)
+    start = time.perf_counter()
+    frames = sum(decode_all_frames(str(p)) for p in paths)
+    bare_s = time.perf_counter() - start
+    total = sum(seconds.values())
+    rows = [
+        (
+            f"all stages in one process, {len(paths)} random stickers",
+            f"{total:.1f} s = {len(paths) / total:.1f} GIFs/s (bare decoding of their {frames} frames in one process: "
+            f"{bare_s:.1f} s = {len(paths) / bare_s:.1f} GIFs/s)",
+        )
+    ]
+    return rows + [(f"  {name}", f"{s:.2f} s ({100 * s / total:.0f}%)") for name, s in seconds.items()]
+
+
+# ----------------------------------------------------------------------------------------------------------------
 
 
 def machine() -> str:
@@ -348,28 +480,29 @@ def machine() -> str:
     return f"{model}, {os.cpu_count()} cores, {ram:.0f} GiB RAM, {platform.system()} {platform.release()}"
 
 
-def mib(n: float) -> str:
-    return f"{n / 2**20:.0f} MiB"
+def code_version() -> str:
+    """The checkout's commit, and whether files other than this benchmark differ from it."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=True).stdout
+
+    try:
+        commit = git("rev-parse", "--short", "HEAD").strip()
+        status = git("status", "--porcelain", "--untracked-files=no").splitlines()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    changed = [line[3:] for line in status if not line[3:].startswith("bench/")]
+    return f"{commit}" + (f" with uncommitted changes to {', '.join(changed)}" if changed else "")
 
 
-def table(rows: list[tuple[str, str]]) -> str:
-    lines = ["| what | value |", "|---|---|"]
-    lines += [f"| {what} | {value} |" for what, value in rows]
-    return "\n".join(lines)
-
-
-def peak_breakdown(sampler: MemorySampler) -> str:
-    parts = sorted(sampler.peak.by_kind.items(), key=lambda kv: -kv[1])
-    return ", ".join(f"{kind} {mib(size)}" for kind, size in parts) + f" ({sampler.peak.processes} processes)"
-
-
-# ----------------------------------------------------------------------------------------------------------------
+def markdown_table(rows: Rows) -> str:
+    return "\n".join(["| what | value |", "|---|---|", *(f"| {what} | {value} |" for what, value in rows)])
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--processes", "-P", type=int, default=2, help="Ray CPUs and bare-decoding processes (2)")
-    parser.add_argument("--n", type=int, default=299, help=f"inputs of the small memory run; the large has {SCALE}x (299)")
+    parser.add_argument("--n", type=int, default=299, help=f"inputs of the small memory run, {SCALE}x that the large")
     parser.add_argument("--rows-per-shard", type=int, default=None, help="RayConfig.rows_per_shard (its default)")
     parser.add_argument("--stage-subset", type=int, default=60, help="stickers timed stage by stage in-process (60)")
     parser.add_argument("--out-md", type=Path, default=None, help="also write the markdown table to this file")
@@ -388,97 +521,38 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.config import RayConfig
 
     rows_per_shard = args.rows_per_shard or RayConfig().rows_per_shard
-    processes = args.processes
     ray_tmpdir = tempfile.mkdtemp(prefix="rdtf-bench-ray-", dir="/tmp")  # short: unix socket paths < 107 chars
     work = Path(tempfile.mkdtemp(prefix="rdtf-bench-"))
     os.environ["RAY_TMPDIR"] = ray_tmpdir
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
-    import ray  # imported once here, so that no timed run pays for the import
+    import ray  # once here, so that no timed run pays for the import
 
     started = datetime.datetime.now(datetime.timezone.utc)
-    bench_start = time.perf_counter()
+    clock = time.perf_counter()
+    rows: Rows = [
+        ("machine", machine()),
+        ("date", started.strftime("%Y-%m-%d %H:%M UTC")),
+        ("code", code_version()),
+        ("load average (1 min) at the start", f"{os.getloadavg()[0]:.2f}"),
+        ("P (Ray CPUs = bare-decoding processes)", str(args.processes)),
+        ("rows_per_shard (inputs per task)", str(rows_per_shard)),
+    ]
     try:
         stickers = sticker_files(args.stickers)
         paths = [p for p, _ in stickers]
-        total_bytes = warm_page_cache(paths)
-        n = len(paths)
-        print(f"{n} stickers, {total_bytes / 2**20:.1f} MiB; P={processes}, rows_per_shard={rows_per_shard}", flush=True)
-
-        # 1. Throughput: bare decoding, then the pipeline, then the pipeline again on its finished output.
-        bare_s, bare_frames = bare_decode(paths, processes)
-        bare_rate = n / bare_s
-        print(f"bare decoding: {bare_s:.1f} s, {bare_rate:.1f} GIFs/s, {bare_frames} frames", flush=True)
-        manifest = [str(args.stickers / "manifest.csv")]
-        full = run_pipeline(manifest, work / "out-299", processes, rows_per_shard, ray_tmpdir, measure_memory=False)
-        print(f"pipeline: {full.wall_s:.1f} s, {full.rate:.1f} GIFs/s; {full.written} written, {full.rejected}", flush=True)
-        idle = run_pipeline(manifest, work / "out-299", processes, rows_per_shard, ray_tmpdir, measure_memory=False)
-        work_s = full.wall_s - idle.wall_s
-        print(f"same job on the finished output: {idle.wall_s:.1f} s; work alone {work_s:.1f} s", flush=True)
-
-        # 2. Peak memory: N and SCALE x N distinct inputs.
-        variants = work / "variants"
-        warm_page_cache(write_variants(stickers, SCALE * args.n, args.n, variants))
-        small = run_pipeline([str(variants / "small.csv")], work / "out-small", processes, rows_per_shard, ray_tmpdir, True)
-        print(f"N={args.n}: {small.wall_s:.1f} s, peak {mib(small.memory.peak.total)}", flush=True)
-        large = run_pipeline([str(variants / "manifest.csv")], work / "out-large", processes, rows_per_shard, ray_tmpdir, True)
-        print(f"{SCALE}xN={SCALE * args.n}: {large.wall_s:.1f} s, peak {mib(large.memory.peak.total)}", flush=True)
-        for run, size in ((small, args.n), (large, SCALE * args.n)):
-            if run.inputs != size:
-                raise RuntimeError(f"the run on {size} inputs processed {run.inputs}: were some de-duplicated?")
-
-        # 3. Where the time goes, in this process, on a subset.
-        stage_rows: list[tuple[str, str]] = []
+        rows += measure_throughput(args.stickers, paths, args.processes, rows_per_shard, ray_tmpdir, work)
+        rows += measure_memory(stickers, args.n, args.processes, rows_per_shard, ray_tmpdir, work)
         if args.stage_subset:
-            subset = random.Random(SEED).sample(stickers, min(args.stage_subset, n))
-            sub_paths = [p for p, _ in subset]
-            seconds, _ = time_stages(sub_paths, [c for _, c in subset], work / "out-stages", rows_per_shard)
-            start = time.perf_counter()
-            sub_frames = sum(decode_all_frames(str(p)) for p in sub_paths)
-            sub_bare = time.perf_counter() - start
-            total = sum(seconds.values())
-            stage_rows.append(
-                (f"stages in one process, {len(sub_paths)} stickers",
-                 f"{total:.1f} s = {len(sub_paths) / total:.1f} GIFs/s (bare decoding of all {sub_frames} frames: "
-                 f"{sub_bare:.1f} s = {len(sub_paths) / sub_bare:.1f} GIFs/s)")
-            )
-            for name, s in sorted(seconds.items(), key=lambda kv: -kv[1]):
-                stage_rows.append((f"  stage {name}", f"{s:.2f} s ({100 * s / total:.0f}%)"))
+            rows += measure_stages(stickers, args.stage_subset, rows_per_shard, work)
     finally:
         if ray.is_initialized():
             ray.shutdown()
         stop_own_children()
         shutil.rmtree(work, ignore_errors=True)
         shutil.rmtree(ray_tmpdir, ignore_errors=True)
-
-    not_descendants = len(small.memory.only_by_cmdline | large.memory.only_by_cmdline)
-    rows = [
-        ("machine", machine()),
-        ("date", started.strftime("%Y-%m-%d %H:%M UTC")),
-        ("P (Ray CPUs = bare-decoding processes)", str(processes)),
-        ("rows_per_shard", str(rows_per_shard)),
-        ("inputs (throughput)", f"{n} real stickers, {total_bytes / 2**20:.1f} MiB, {bare_frames} frames"),
-        ("bare decoding, P processes", f"{bare_s:.1f} s = {bare_rate:.1f} GIFs/s"),
-        ("pipeline, whole run", f"{full.wall_s:.1f} s = {full.rate:.1f} GIFs/s "
-                                f"({full.written} written, {sum(full.rejected.values())} rejected)"),
-        ("same job on its finished output (discovery, Ray start/stop)", f"{idle.wall_s:.1f} s"),
-        ("pipeline, work alone (hash pass + main pass)", f"{work_s:.1f} s = {n / work_s:.1f} GIFs/s"),
-        ("**ratio pipeline / bare, whole run** (goal >= 0.5)", f"**{full.rate / bare_rate:.2f}**"),
-        ("**ratio pipeline / bare, work alone** (goal >= 0.5)", f"**{(n / work_s) / bare_rate:.2f}**"),
-        (f"peak RSS of all Ray processes, N = {args.n}",
-         f"{mib(small.memory.peak.total)} ({small.wall_s:.0f} s run; {peak_breakdown(small.memory)})"),
-        (f"peak RSS of all Ray processes, {SCALE}xN = {SCALE * args.n}",
-         f"{mib(large.memory.peak.total)} ({large.wall_s:.0f} s run, {large.rate:.1f} GIFs/s; "
-         f"{peak_breakdown(large.memory)})"),
-        (f"**ratio peak({SCALE}N) / peak(N)** (goal: ~1, no growth)",
-         f"**{large.memory.peak.total / small.memory.peak.total:.2f}**"),
-        ("Ray processes not descendants of the driver (found by RAY_TMPDIR)", str(not_descendants)),
-        ("memory samples (every 0.2 s)", f"{small.memory.samples} + {large.memory.samples}"),
-        *stage_rows,
-        ("benchmark wall time", f"{time.perf_counter() - bench_start:.0f} s"),
-    ]
-    markdown = table(rows)
-    print()
-    print(markdown)
+    rows.append(("benchmark wall time", f"{time.perf_counter() - clock:.0f} s"))
+    markdown = markdown_table(rows)
+    print(f"\n{markdown}")
     if args.out_md is not None:
         args.out_md.write_text(markdown + "\n")
     return 0

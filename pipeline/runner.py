@@ -98,6 +98,7 @@ def run_chain(table: pa.Table, stages: list[Stage], sink: Any, schema: pa.Schema
 def ray_session(cfg: RayConfig, show_progress: bool) -> Iterator[None]:
     """Use the Ray instance already running in this process, connect to `cfg.address`, or start an embedded one."""
     import ray
+    import ray.data  # configures Ray Data's loggers, adjusted below
 
     started = not ray.is_initialized()
     if started and cfg.address:
@@ -110,8 +111,10 @@ def ray_session(cfg: RayConfig, show_progress: bool) -> Iterator[None]:
             include_dashboard=False,
             logging_level=logging.WARNING,
         )
-    if not log.isEnabledFor(logging.INFO):
-        logging.getLogger("ray.data").setLevel(logging.WARNING)  # one line per dataset execution is noise here
+    if not log.isEnabledFor(logging.INFO):  # Ray Data's per-execution lines stay in its log files, off the console
+        for handler in logging.getLogger("ray.data").handlers:
+            if not type(handler).__name__.endswith("FileHandler"):  # the console one (PlainRayHandler)
+                handler.setLevel(logging.WARNING)
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = show_progress
     context.enable_operator_progress_bars = show_progress
@@ -122,15 +125,26 @@ def ray_session(cfg: RayConfig, show_progress: bool) -> Iterator[None]:
             ray.shutdown()
 
 
+# Cut a pass into at least this many tasks per cluster CPU, so a few slow inputs (large stickers sort together)
+# cannot leave CPUs idle at the end; measured on 299 stickers and 2 CPUs (docs/benchmarks.md).
+TASKS_PER_CPU = 4
+
+
 def _map(rows: list[dict[str, Any]], stages: list[Stage], sink: Any, schema: pa.Schema, rows_per_task: int):
-    """Stream `rows` through the stages on Ray Data; yield the output batches as they finish."""
+    """Stream `rows` through the stages on Ray Data, one task per block; yield the output batches as they finish.
+
+    Blocks hold at most `rows_per_task` rows (so a shard never holds more), and there are enough of them to keep
+    every CPU busy. `batch_size=None` hands each task its whole block: a batch size would merge blocks.
+    """
     import ray
 
-    dataset = ray.data.from_items(rows, override_num_blocks=max(1, math.ceil(len(rows) / rows_per_task)))
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    blocks = min(len(rows), max(math.ceil(len(rows) / rows_per_task), TASKS_PER_CPU * cpus))
+    dataset = ray.data.from_items(rows, override_num_blocks=blocks)
     dataset = dataset.map_batches(
         run_chain,
         fn_kwargs={"stages": stages, "sink": sink, "schema": schema},
-        batch_size=rows_per_task,
+        batch_size=None,
         batch_format="pyarrow",
         num_cpus=max(s.resources.num_cpus for s in stages),
     )

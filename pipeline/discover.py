@@ -6,8 +6,10 @@ so that every later decision (which duplicate is kept, how inputs are cut into t
 
 from __future__ import annotations
 
+import csv
 import fnmatch
 import glob as globlib
+import io
 import os
 from dataclasses import dataclass
 
@@ -81,10 +83,13 @@ def _read_manifest(fs: pafs.FileSystem, path: str) -> pa.Table:
     with fs.open_input_file(path) as f:
         if path.endswith(".parquet"):
             return pq.read_table(f)
-        if path.endswith(".csv"):
-            # Every column as text: ids like 007 and captions like "1" must not become numbers.
-            return pacsv.read_csv(f, convert_options=pacsv.ConvertOptions(strings_can_be_null=True, column_types={}))
-        return pajson.read_json(f)
+        if not path.endswith(".csv"):
+            return pajson.read_json(f)
+        data = f.read()
+    # Every CSV column as text: ids like 007 and captions like "1" must not become numbers.
+    header = next(csv.reader([data.split(b"\n", 1)[0].decode()]), [])
+    text = pacsv.ConvertOptions(strings_can_be_null=True, column_types={name: pa.string() for name in header})
+    return pacsv.read_csv(io.BytesIO(data), convert_options=text)
 
 
 def _pick(columns: list[str], chosen: str | None, defaults: tuple[str, ...], what: str, manifest: str) -> str | None:

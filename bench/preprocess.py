@@ -301,23 +301,13 @@ def time_stages(
 ) -> tuple[dict[str, float], int]:
     """Seconds per stage over `paths`, each stage called directly on batches in this process; and rows written."""
     from pipeline.config import PreprocessConfig
-    from pipeline.decode import DecodeStage, ProbeStage
-    from pipeline.entropy import EntropyStage
-    from pipeline.filters import EntropyFilterStage, MetadataFilterStage
     from pipeline.hash_inputs import HashStage
-    from pipeline.keyframes import KeyframeStage
+    from pipeline.runner import main_stages
     from pipeline.write import ShardWriter
 
     cfg = PreprocessConfig()
     hash_stage = HashStage(cfg.decode.max_file_bytes)
-    stages = [
-        ProbeStage(cfg.decode),
-        MetadataFilterStage(cfg.filters),
-        DecodeStage(cfg.decode),
-        EntropyStage(cfg.difficulty),
-        EntropyFilterStage(cfg.filters),
-        KeyframeStage(),
-    ]
+    stages = main_stages(cfg)
     sink = ShardWriter(str(output), cfg.decode.frame_size)
     seconds: Counter[str] = Counter()
     written = 0

@@ -94,6 +94,20 @@ def run_chain(table: pa.Table, stages: list[Stage], sink: Any, schema: pa.Schema
     return pa.Table.from_pydict({name: batch[name] for name in schema.names}, schema=schema)
 
 
+def main_stages(cfg: PreprocessConfig) -> list[Stage]:
+    """The main pass, in order; checked once here that every stage gets the columns it reads."""
+    stages: list[Stage] = [
+        ProbeStage(cfg.decode),
+        MetadataFilterStage(cfg.filters),
+        DecodeStage(cfg.decode),
+        EntropyStage(cfg.difficulty),
+        EntropyFilterStage(cfg.filters),
+        KeyframeStage(),
+    ]
+    check_chain(stages, INPUT_COLUMNS)
+    return stages
+
+
 @contextmanager
 def ray_session(cfg: RayConfig, show_progress: bool) -> Iterator[None]:
     """Use the Ray instance already running in this process, connect to `cfg.address`, or start an embedded one."""
@@ -232,15 +246,7 @@ def run_preprocess(
             for r in hashed
             if r["reject_reason"] is None
         ]
-        stages: list[Stage] = [
-            ProbeStage(cfg.decode),
-            MetadataFilterStage(cfg.filters),
-            DecodeStage(cfg.decode),
-            EntropyStage(cfg.difficulty),
-            EntropyFilterStage(cfg.filters),
-            KeyframeStage(),
-        ]
-        check_chain(stages, INPUT_COLUMNS)
+        stages = main_stages(cfg)
         sink = ShardWriter(output, cfg.decode.frame_size)
         with tqdm(total=len(rows), desc="preprocessing", unit="sticker", disable=not show_progress) as bar:
             for batch in _map(rows, stages, sink, SUMMARY_OUTPUT, cfg.ray.rows_per_shard) if rows else []:

@@ -46,7 +46,7 @@ class Stage(ABC):
     resources: ClassVar[Resources] = Resources()
 
     def setup(self) -> None:
-        """Load what is expensive (models, decoders) once per worker, before the first batch."""
+        """Load what is expensive (models, decoders) before processing: once per task, or once per actor."""
 
     @abstractmethod
     def process_row(self, row: dict[str, Any]) -> dict[str, Any]:

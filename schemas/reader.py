@@ -84,6 +84,15 @@ class DatasetReader:
         dataset = self._dataset(self.rank_files(rank, world_size), SAMPLE_SCHEMA)
         yield from dataset.to_batches(columns=columns, batch_size=batch_size)
 
+    def ray_dataset(self, columns: list[str] | None = None):
+        """The sample rows as a Ray Data dataset (for Ray Train's `datasets=`), files in the reader's order.
+
+        Ray is imported here only: the rest of the reader works without it (the `deepspeed` launcher path).
+        """
+        import ray.data
+
+        return ray.data.read_parquet(list(self.sample_files), columns=columns, filesystem=self.layout.fs)
+
 
 def open_dataset(uri: str) -> DatasetReader:
     """Open the dataset at `uri` (a folder written by `rdtf preprocess`), checking every file's schema version."""

@@ -1,0 +1,159 @@
+"""The trainer's frozen parts and helpers: text tower, codecs, schedules and guidance, GIF files, configs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from schemas.config import ConfigError, from_dict
+from trainer.config import DiffusionConfig, LatentConfig, TextConfig, TrainConfig
+from trainer.diffusion import guided_noise, sample_scheduler, train_scheduler
+from trainer.latents import PixelCodec, VaeCodec, load_codec
+from trainer.media import clip_to_frames, frames_to_clip, read_frames, read_image, write_gif
+from trainer.text import MASK_TOKEN_ID, TextEncoder
+
+TINY_TEXT = TextConfig(model="rdtf-tiny-text", weights="random")
+
+
+@pytest.fixture(scope="module")
+def text_encoder():
+    return TextEncoder(TINY_TEXT)
+
+
+def test_text_features_per_token(text_encoder):
+    tokens = text_encoder.tokenize(["a happy cat waves", ""])
+    features = text_encoder(tokens)
+    assert features.shape == (2, 77, text_encoder.width)
+    assert not any(p.requires_grad for p in text_encoder.parameters())
+
+
+def test_token_masking_spares_start_end_and_padding(text_encoder):
+    tokens = text_encoder.tokenize(["one two three four five six seven eight nine ten"] * 50)
+    masked = text_encoder.mask_tokens(tokens, 0.2, torch.Generator().manual_seed(0))
+    changed = masked != tokens
+    words = ~torch.isin(tokens, torch.tensor(text_encoder.special_ids))
+    assert not (changed & ~words).any()
+    assert (masked[changed] == MASK_TOKEN_ID).all()
+    assert 0.15 < changed.sum() / words.sum() < 0.25
+
+
+def test_text_weights_must_be_a_local_file(tmp_path):
+    with pytest.raises(ConfigError, match="text.weights"):
+        TextEncoder(TextConfig(model="rdtf-tiny-text", weights=str(tmp_path / "missing.pt")))
+    broken = tmp_path / "broken.pt"
+    torch.save({"nothing": torch.zeros(1)}, broken)
+    with pytest.raises(ConfigError, match="does not fit"):
+        TextEncoder(TextConfig(model="rdtf-tiny-text", weights=str(broken)))
+    with pytest.raises(ConfigError, match="text.model"):
+        TextEncoder(TextConfig(model="no-such-model"))
+
+
+def test_text_weights_from_a_local_checkpoint_load(tmp_path, text_encoder):
+    import open_clip
+
+    clip = open_clip.create_model("rdtf-tiny-text")
+    path = tmp_path / "tiny.pt"
+    torch.save(clip.state_dict(), path)
+    loaded = TextEncoder(TextConfig(model="rdtf-tiny-text", weights=str(path)))
+    tokens = loaded.tokenize(["hello"])
+    expected = clip.ln_final(
+        clip.transformer(clip.token_embedding(tokens) + clip.positional_embedding, attn_mask=clip.attn_mask)
+    )
+    torch.testing.assert_close(loaded(tokens), expected)
+
+
+def tiny_vae_folder(path) -> str:
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL(
+        block_out_channels=(8, 16),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=32,
+    )
+    vae.save_pretrained(path)
+    return str(path)
+
+
+def test_vae_codec_round_trip_shapes(tmp_path):
+    codec = load_codec(
+        LatentConfig(mode="vae", vae_path=tiny_vae_folder(tmp_path / "vae"), resolution=32),
+        torch.device("cpu"),
+        torch.float32,
+    )
+    assert isinstance(codec, VaeCodec) and codec.channels == 4 and codec.factor == 2
+    clips = torch.rand(2, 3, 8, 32, 32) * 2 - 1
+    latents = codec.encode(clips, torch.Generator().manual_seed(0))
+    assert latents.shape == (2, 4, 8, 16, 16)
+    assert codec.decode(latents).shape == clips.shape
+
+
+def test_vae_mode_needs_a_folder(tmp_path):
+    with pytest.raises(ConfigError, match="latent.vae_path"):
+        LatentConfig(mode="vae")
+    with pytest.raises(ConfigError, match="latent.vae_path"):
+        load_codec(LatentConfig(mode="vae", vae_path=str(tmp_path)), torch.device("cpu"), torch.float32)
+
+
+def test_pixel_codec_is_the_clip_itself():
+    clips = torch.rand(1, 3, 8, 16, 16) * 2 - 1
+    codec = PixelCodec()
+    assert torch.equal(codec.decode(codec.encode(clips)), clips)
+
+
+def test_schedules_are_the_papers():
+    config = DiffusionConfig()
+    train = train_scheduler(config)
+    assert train.config.num_train_timesteps == 1000 and train.config.prediction_type == "epsilon"
+    assert train.betas[0].item() == pytest.approx(0.00085) and train.betas[-1].item() == pytest.approx(0.012)
+    ddim = sample_scheduler(config)
+    ddim.set_timesteps(config.sample_steps)
+    assert len(ddim.timesteps) == 50 and config.eta == 1.0
+    assert (config.text_scale, config.image_scale) == (7.5, 7.5)
+
+
+class _Linear(torch.nn.Module):
+    """e(x, t, text, c) = x + mean(text) + 2 * c: guidance arithmetic can be checked by hand."""
+
+    def forward(self, sample, timestep, text, condition):
+        return sample + text.mean(dim=(1, 2))[:, None, None, None, None] + 2 * condition
+
+
+def test_guidance_combines_text_and_image_terms():
+    sample = torch.zeros(1, 3, 8, 4, 4)
+    text = torch.ones(1, 5, 6)
+    condition = torch.ones(1, 3, 8, 4, 4)
+    t = torch.tensor([10])
+    both = guided_noise(_Linear(), sample, t, text, condition, 3.0, 2.0, True, True)
+    # e(-,-) = 0, e(-,img) = 2, e(txt,img) = 3: 0 + 2 * (2 - 0) + 3 * (3 - 2) = 7
+    assert torch.allclose(both, torch.full_like(sample, 7.0))
+    text_only = guided_noise(_Linear(), sample, t, text, torch.zeros_like(condition), 3.0, 2.0, True, False)
+    assert torch.allclose(text_only, torch.full_like(sample, 3.0))
+    image_only = guided_noise(_Linear(), sample, t, torch.zeros_like(text), condition, 3.0, 2.0, False, True)
+    assert torch.allclose(image_only, torch.full_like(sample, 4.0))
+
+
+def test_gif_round_trip(tmp_path):
+    frames = clip_to_frames(torch.rand(1, 3, 8, 24, 24) * 2 - 1)[0]
+    path = write_gif(frames, str(tmp_path / "out" / "clip.gif"))
+    with Image.open(path) as gif:
+        assert gif.n_frames == 8 and gif.size == (24, 24)
+    assert read_frames(path, 24, 8).shape == (8, 24, 24, 3)
+    assert read_image(path, 16).shape == (1, 16, 16, 3)
+    assert frames_to_clip(frames).shape == (1, 3, 8, 24, 24)
+    np.testing.assert_array_equal(clip_to_frames(frames_to_clip(frames))[0], frames)
+
+
+def test_train_config_errors_name_the_key():
+    with pytest.raises(ConfigError, match="optim.lr"):
+        from_dict(TrainConfig, {"model": {"x": 1}, "optim": {"lr": -1.0}})
+    with pytest.raises(ConfigError, match="unknown config key 'engine.zero'"):
+        from_dict(TrainConfig, {"model": {"x": 1}, "engine": {"zero": 2}})
+    with pytest.raises(ConfigError, match="'model'"):
+        TrainConfig()
+    with pytest.raises(ConfigError, match="optim.ema_decay"):
+        from_dict(TrainConfig, {"model": {"x": 1}, "optim": {"ema_decay": 0.99}, "engine": {"zero_stage": 3}})

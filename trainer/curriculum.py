@@ -1,0 +1,552 @@
+"""Difficulty-adaptive curriculum learning (DCL): which task each optimizer step trains, and how likely each buffered
+sample is to be drawn. See ../docs/curriculum.md; tested by tests/trainer/test_curriculum.py.
+
+Task level as the paper's released code defines it (a static step schedule plus a PID signal on the training loss),
+with its ranking bug fixed. Sample level as rdtf defines it (the pipeline's static entropy difficulty, moved by an
+adaptive score from each sample's recent loss, admitted easy to difficult by a pacing threshold).
+
+Symbols (paper notes; docs/curriculum.md). Task level: t = optimizer step, T = `length`, tau = task, s_tau(t) = static
+weight, L_t = training loss, P_t = Kp*L_t + Ki*mean(L over the last <= W steps) + Kd*(L_t - L_(t-1)) with W = `window`,
+r = the fraction of the last <= W PID values above P_t, l = level, a_tau(l) = adaptive weight,
+w_tau = s_tau(t) + a_tau(l), tau ~ Categorical(w / sum w). Sample level: s_i = static difficulty, z = loss normalised
+within its (task, timestep range), a_i = sample i's decayed mean z, d_i = clip(s_i + strength*tanh(a_i), 0, 1),
+p(t) = pacing fraction, lambda(t) = the p(t)-quantile of static difficulty.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch.distributed as dist
+
+from schemas.config import require
+from trainer.masks import TASKS
+
+# Task groups of the paper notes' task table.
+TASK_GROUP = {
+    "t2v": "generation",
+    "i2v": "generation",
+    "it2v": "generation",
+    "interpolate": "interpolation",
+    "predict-pre": "prediction",
+    "predict-post": "prediction",
+}
+# s_tau at steps 0, T/2 and T, linear in between, constant after T (released code `task_weight`): from easy tasks
+# (many frames given) to hard ones (at most one frame given).
+STATIC_SCHEDULE = {"generation": (0.1, 0.5, 0.9), "interpolation": (0.9, 0.5, 0.1), "prediction": (0.7, 0.5, 0.3)}
+# a_tau for levels 0..3 (released code `P_ratio_map` 0..3; its level 4 cannot be reached there either). Level 0 is a
+# high PID value (loss high for the recent past): weight moves to the easy task, interpolation.
+LEVEL_WEIGHTS = {
+    "generation": (0.1, 0.3, 0.5, 0.7),
+    "interpolation": (0.9, 0.7, 0.5, 0.3),
+    "prediction": (0.5, 0.5, 0.5, 0.5),
+}
+NUM_LEVELS = 4
+MIN_HISTORY = 10  # released code: no ranking before 10 PID values; reused as the warm-up of each loss distribution
+DIFFICULTY_BINS = 100  # histogram resolution of difficulty in [0, 1] for quantiles (pacing threshold, logging)
+Z_CLIP = 3.0  # a normalised loss counts at most 3 standard deviations, so one outlier step cannot decide a sample
+KEEP_AFTER_COMPACTION = 0.75  # fraction of `max_tracked` kept when the sample table is compacted
+
+
+@dataclass
+class CurriculumConfig:
+    """The curriculum's settings; `mode` switches the paper's ablation (none 459.21 / linear 451.65 / adaptive 442.18
+    FVD)."""
+
+    mode: Literal["none", "linear", "adaptive"] = "adaptive"  # none: uniform; linear: static only; adaptive: both
+    length: int = 50_000  # T, optimizer steps over which the static task schedule runs (paper: 50K steps)
+    kp: float = 5.0  # PID proportional gain on L_t (released code)
+    ki: float = 3.0  # PID integral gain on the mean of the recent losses (released code)
+    kd: float = 1.3  # PID derivative gain on L_t - L_(t-1) (released code)
+    window: int = 1000  # recent losses in the PID mean, recent PID values in the ranking (released code: 1000)
+    pacing_start: float = 0.3  # fraction of samples, easiest first by static difficulty, admitted at step 0
+    pacing_end: float = 0.8  # fraction of `length` at which every sample is admitted (pacing rises linearly)
+    pacing_softness: float = 0.05  # difficulty above the threshold that divides a sample's weight by e (>= 0.01)
+    adaptive_strength: float = 0.15  # most a sample's loss can move its difficulty (about the real stickers' IQR/1.3)
+    score_half_life: int = 10_000  # optimizer steps after which a sample's loss evidence counts half
+    score_prior: float = 1.0  # pseudo-observations at z = 0 that pull a sparsely seen sample toward its static score
+    timestep_bins: int = 4  # equal ranges of diffusion timesteps, each with its own running loss distribution
+    num_timesteps: int = 1000  # diffusion training timesteps (paper: 1000 steps)
+    loss_stats_window: int = 1000  # losses per (task, timestep range) that its running mean and variance remember
+    sync_every: int = 100  # sync() calls between merges of sample scores across ranks
+    max_tracked: int = 2_500_000  # samples with an adaptive score in memory (VSD2M: 2.09M); the stalest are dropped
+
+    def __post_init__(self) -> None:
+        require(self.mode in ("none", "linear", "adaptive"), "curriculum.mode", "must be none, linear or adaptive")
+        require(self.length > 0, "curriculum.length", "must be a positive number of steps")
+        for key in ("kp", "ki", "kd"):
+            require(getattr(self, key) >= 0, f"curriculum.{key}", "must be non-negative")
+        require(self.window >= MIN_HISTORY, "curriculum.window", f"must be at least {MIN_HISTORY}")
+        require(0 < self.pacing_start <= 1, "curriculum.pacing_start", "must be in (0, 1]")
+        require(self.pacing_end > 0, "curriculum.pacing_end", "must be positive")
+        # exp(-1 / 0.01) is still far above float64's smallest number: weights are never all 0.
+        require(self.pacing_softness >= 0.01, "curriculum.pacing_softness", "must be at least 0.01")
+        require(0 <= self.adaptive_strength <= 1, "curriculum.adaptive_strength", "must be in [0, 1]")
+        require(self.score_half_life > 0, "curriculum.score_half_life", "must be a positive number of steps")
+        require(self.score_prior > 0, "curriculum.score_prior", "must be positive")
+        require(self.timestep_bins >= 1, "curriculum.timestep_bins", "must be at least 1")
+        require(self.num_timesteps >= self.timestep_bins, "curriculum.num_timesteps", "must be at least timestep_bins")
+        require(self.loss_stats_window >= 1, "curriculum.loss_stats_window", "must be at least 1")
+        require(self.sync_every >= 1, "curriculum.sync_every", "must be at least 1")
+        require(self.max_tracked >= 1, "curriculum.max_tracked", "must be at least 1")
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _histogram_quantile(histogram: np.ndarray, q: float) -> float:
+    """The q-quantile of values in [0, 1] binned in `histogram`, linear within a bin."""
+    cumulative = np.cumsum(histogram)
+    target = q * cumulative[-1]
+    index = min(int(np.searchsorted(cumulative, target, side="left")), len(histogram) - 1)
+    below = cumulative[index - 1] if index else 0.0
+    within = (target - below) / histogram[index] if histogram[index] > 0 else 1.0
+    return (index + within) / len(histogram)
+
+
+def _difficulty_bins(values: np.ndarray) -> np.ndarray:
+    return np.clip((values * DIFFICULTY_BINS).astype(np.int64), 0, DIFFICULTY_BINS - 1)
+
+
+class TaskSampler:
+    """Task level: w_tau = s_tau(t) + a_tau(l), tau ~ Categorical(w / sum w).
+
+    The draw is a function of (seed, step) and the PID state only, so every rank that fed the same (rank-averaged)
+    losses draws the same task without communicating.
+    """
+
+    def __init__(self, config: CurriculumConfig, seed: int) -> None:
+        self.config = config
+        self.seed = seed
+        self._losses: deque[float] = deque(maxlen=config.window)
+        self._pids: deque[float] = deque(maxlen=config.window)
+        self._rank: float | None = None
+        self._level: int | None = None
+        self._last_loss: dict[str, float] = {}
+
+    def static_weights(self, step: int) -> dict[str, float]:
+        """s_tau(t): (v0, v1, v2) at (0, T/2, T), linear in between, v2 after T."""
+        half = self.config.length / 2
+        ratio = min(step, 2 * half) / half  # 0..2
+        weights = {}
+        for task in TASKS:
+            v0, v1, v2 = STATIC_SCHEDULE[TASK_GROUP[task]]
+            weights[task] = v0 + (v1 - v0) * ratio if ratio <= 1 else v1 + (v2 - v1) * (ratio - 1)
+        return weights
+
+    def adaptive_weights(self) -> dict[str, float]:
+        """a_tau(l); zero until MIN_HISTORY PID values exist (no rank, no evidence: the static schedule alone)."""
+        if self._level is None:
+            return dict.fromkeys(TASKS, 0.0)
+        return {task: LEVEL_WEIGHTS[TASK_GROUP[task]][self._level] for task in TASKS}
+
+    def weights(self, step: int) -> dict[str, float]:
+        """w / sum w over TASKS for `mode`: uniform, static only, or static + adaptive."""
+        if self.config.mode == "none":
+            return dict.fromkeys(TASKS, 1.0 / len(TASKS))
+        raw = self.static_weights(step)
+        if self.config.mode == "adaptive":
+            adaptive = self.adaptive_weights()
+            raw = {task: value + adaptive[task] for task, value in raw.items()}
+        total = sum(raw.values())
+        return {task: value / total for task, value in raw.items()}
+
+    def draw(self, step: int, weights: dict[str, float]) -> str:
+        """tau ~ Categorical(weights), from a generator seeded by (seed, step) alone."""
+        generator = np.random.default_rng([self.seed, step])
+        return str(generator.choice(TASKS, p=np.array([weights[task] for task in TASKS])))
+
+    def observe(self, task: str, loss: float) -> None:
+        """The PID update, released code order, ranking fixed.
+
+        1. Append L_t to the recent losses (<= W).  2. P_t = Kp*L_t + Ki*mean(recent L) + Kd*(L_t - L_(t-1)).
+        3. r = fraction of the previous <= W PID values above P_t (ties count half), once MIN_HISTORY exist.
+        4. l = min(floor(4r), 3): the four levels as quartiles of the recent PID values.  5. Append P_t.
+        """
+        if task not in TASKS:
+            raise ValueError(f"unknown task {task!r}; tasks are {', '.join(TASKS)}")
+        if not math.isfinite(loss):
+            return  # a skipped (overflowed) step says nothing about difficulty; every rank skips it alike
+        self._last_loss[task] = loss
+        if self.config.mode != "adaptive":
+            return
+        previous = self._losses[-1] if self._losses else loss
+        self._losses.append(loss)
+        c = self.config
+        pid = c.kp * loss + c.ki * sum(self._losses) / len(self._losses) + c.kd * (loss - previous)
+        if len(self._pids) >= MIN_HISTORY:
+            history = np.fromiter(self._pids, dtype=np.float64, count=len(self._pids))
+            self._rank = float(((history > pid).sum() + 0.5 * (history == pid).sum()) / len(history))
+            self._level = min(int(NUM_LEVELS * self._rank), NUM_LEVELS - 1)
+        self._pids.append(float(pid))
+
+    def consensus_key(self) -> tuple[int, float | None, int | None]:
+        """What every rank must agree on for identical draws; compared across ranks at each sync."""
+        return len(self._pids), (self._pids[-1] if self._pids else None), self._level
+
+    def scalars(self) -> dict[str, float]:
+        values = {f"curriculum/loss/{task}": loss for task, loss in self._last_loss.items()}
+        if self._pids:
+            values["curriculum/pid"] = self._pids[-1]
+        if self._level is not None:
+            values["curriculum/pid_rank"] = float(self._rank)
+            values["curriculum/pid_level"] = float(self._level)
+        return values
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "losses": list(self._losses),
+            "pids": list(self._pids),
+            "rank": self._rank,
+            "level": self._level,
+            "last_loss": dict(self._last_loss),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._losses = deque(state["losses"], maxlen=self.config.window)
+        self._pids = deque(state["pids"], maxlen=self.config.window)
+        self._rank, self._level = state["rank"], state["level"]
+        self._last_loss = dict(state["last_loss"])
+
+
+class SampleScorer:
+    """Sample level: weights for the candidate rows of the data loader's shuffle buffer, easy to difficult.
+
+    Cost per call is O(len(sample_ids)): dictionary look-ups and a fixed 100-bin histogram, whatever the dataset size.
+    Memory: per sample trained on, three numbers and its id (about 190 bytes, 400 MB for VSD2M's 2.09M); it grows with
+    the samples seen, never with frames. Beyond `max_tracked` the stalest scores are dropped, and those samples fall
+    back to their static difficulty, as unseen samples do.
+
+    Each `weights` call gets either the whole current shuffle buffer or rows fresh from the stream: an id that was
+    not in the previous call is new and counts once in the static-difficulty distribution that sets the pacing
+    threshold (a loader passing random subsets of its buffer would count lingering hard rows again and again).
+    """
+
+    def __init__(self, config: CurriculumConfig) -> None:
+        self.config = config
+        self._decay_per_step = 0.5 ** (1.0 / config.score_half_life)
+        # Per-sample decayed sums of z (S_i), of weights (W_i), and the step they refer to.
+        self._rows: dict[str, int] = {}
+        self._ids: list[str] = []
+        self._sum = np.zeros(1024)
+        self._weight = np.zeros(1024)
+        self._updated = np.zeros(1024, dtype=np.int64)
+        # Observations since the last sync, as the same (S, W, step) triples, to send to the other ranks.
+        self._pending: dict[str, tuple[float, float, int]] = {}
+        # Running loss distribution per (task, timestep range): mean, variance, count.
+        shape = (len(TASKS), config.timestep_bins)
+        self._loss_mean = np.zeros(shape)
+        self._loss_var = np.zeros(shape)
+        self._loss_count = np.zeros(shape, dtype=np.int64)
+        self._static_histogram = np.zeros(DIFFICULTY_BINS)  # static difficulty of every row that entered the buffer
+        self._drawn_histogram = np.zeros(DIFFICULTY_BINS)  # difficulty of draws, expected under the weights, decayed
+        self._buffer: set[str] = set()
+
+    # Pacing and difficulty.
+    def pacing_fraction(self, step: int) -> float:
+        """p(t): the fraction of samples admitted, linear from `pacing_start` to 1 at `pacing_end * length`."""
+        if self.config.mode == "none":
+            return 1.0
+        c = self.config
+        return min(1.0, c.pacing_start + (1.0 - c.pacing_start) * step / (c.pacing_end * c.length))
+
+    def pacing_threshold(self, step: int) -> float:
+        """lambda(t): the p(t)-quantile of static difficulty over the rows seen so far; inf once all are admitted."""
+        fraction = self.pacing_fraction(step)
+        if fraction >= 1.0 or not self._static_histogram.any():
+            return math.inf
+        return _histogram_quantile(self._static_histogram, fraction)
+
+    def adaptive_scores(self, sample_ids: Sequence[str], step: int) -> np.ndarray:
+        """a_i = S_i*g / (W_i*g + prior), g the decay since the last update; 0 for samples never scored."""
+        rows = np.fromiter((self._rows.get(i, -1) for i in sample_ids), dtype=np.int64, count=len(sample_ids))
+        scores = np.zeros(len(sample_ids))
+        known = rows >= 0
+        if known.any():
+            rows = rows[known]
+            decay = self._decay_per_step ** np.maximum(step - self._updated[rows], 0)
+            scores[known] = self._sum[rows] * decay / (self._weight[rows] * decay + self.config.score_prior)
+        return scores
+
+    def difficulty(self, sample_ids: Sequence[str], static_difficulty: np.ndarray, step: int) -> np.ndarray:
+        """d_i: the static difficulty, moved by the adaptive score in `adaptive` mode."""
+        static = np.clip(np.asarray(static_difficulty, dtype=np.float64), 0.0, 1.0)
+        if self.config.mode != "adaptive":
+            return static
+        shift = self.config.adaptive_strength * np.tanh(self.adaptive_scores(sample_ids, step))
+        return np.clip(static + shift, 0.0, 1.0)
+
+    def weights(self, sample_ids: Sequence[str], static_difficulty: np.ndarray, step: int) -> np.ndarray:
+        """Draw weights for the buffer's candidates.
+
+        1. Count the rows new to the buffer in the static-difficulty histogram.  2. d_i for every candidate.
+        3. Weight 1 up to lambda(t), exp(-(d_i - lambda(t)) / softness) above it: never 0, so a buffer full of hard
+        rows still drains, easiest first; and at most 1, so a loader may also use it as the probability of accepting
+        a row from the stream.  4. Record the expected difficulty of the draws, for logging.
+        """
+        if len(sample_ids) != len(static_difficulty):
+            raise ValueError(f"{len(sample_ids)} sample ids but {len(static_difficulty)} static difficulties")
+        if not len(sample_ids):
+            return np.zeros(0)
+        static = np.clip(np.asarray(static_difficulty, dtype=np.float64), 0.0, 1.0)
+        new = np.fromiter((i not in self._buffer for i in sample_ids), dtype=bool, count=len(sample_ids))
+        self._static_histogram += np.bincount(_difficulty_bins(static[new]), minlength=DIFFICULTY_BINS)
+        self._buffer = set(sample_ids)
+        difficulty = self.difficulty(sample_ids, static, step)
+        threshold = self.pacing_threshold(step)
+        if math.isinf(threshold):
+            weights = np.ones(len(sample_ids))
+        else:
+            weights = np.exp(-np.maximum(difficulty - threshold, 0.0) / self.config.pacing_softness)
+        self._drawn_histogram *= 1.0 - 1.0 / self.config.window
+        self._drawn_histogram += np.bincount(
+            _difficulty_bins(difficulty), weights=weights / weights.sum(), minlength=DIFFICULTY_BINS
+        )
+        return weights
+
+    # Adaptive scores from the loss.
+    def observe(
+        self, sample_ids: Sequence[str], losses: np.ndarray, task: str, timesteps: np.ndarray, step: int
+    ) -> None:
+        """Rescore samples from their loss at optimizer step `step`; a no-op outside `adaptive` mode.
+
+        1. Group each loss by (task, timestep range).  2. z = (loss - mean) / std of that group's running
+        distribution, clipped to +-Z_CLIP, once the group holds MIN_HISTORY losses.  3. Add z to the sample's
+        decayed sums (S_i, W_i).  4. Update the group's running mean and variance (exact until `loss_stats_window`
+        losses, then exponential).
+        """
+        if self.config.mode != "adaptive":
+            return
+        if task not in TASKS:
+            raise ValueError(f"unknown task {task!r}; tasks are {', '.join(TASKS)}")
+        losses = np.asarray(losses, dtype=np.float64).reshape(-1)
+        timesteps = np.asarray(timesteps).reshape(-1)
+        if not len(sample_ids) == len(losses) == len(timesteps):
+            raise ValueError(f"{len(sample_ids)} ids, {len(losses)} losses, {len(timesteps)} timesteps")
+        c = self.config
+        bins = np.clip(timesteps.astype(np.int64) * c.timestep_bins // c.num_timesteps, 0, c.timestep_bins - 1)
+        share = _distributed()
+        task_index = TASKS.index(task)
+        for sample_id, loss, time_bin in zip(sample_ids, losses, bins, strict=True):
+            if not math.isfinite(loss):
+                continue
+            group = (task_index, int(time_bin))
+            mean, count = self._loss_mean[group], int(self._loss_count[group])
+            if count >= MIN_HISTORY:
+                z = float(np.clip((loss - mean) / (math.sqrt(self._loss_var[group]) + 1e-8), -Z_CLIP, Z_CLIP))
+                self._add(sample_id, (z, 1.0, step))
+                if share:
+                    self._pending[sample_id] = self._merge(self._pending.get(sample_id), (z, 1.0, step))
+            alpha = max(1.0 / (count + 1), 1.0 / c.loss_stats_window)
+            delta = loss - mean
+            self._loss_mean[group] = mean + alpha * delta
+            self._loss_var[group] = (1.0 - alpha) * (self._loss_var[group] + alpha * delta**2)
+            self._loss_count[group] = count + 1
+
+    def _merge(self, a: tuple[float, float, int] | None, b: tuple[float, float, int]) -> tuple[float, float, int]:
+        """Sum two decayed (S, W, step) triples at the later step: exact, so merges commute across ranks."""
+        if a is None:
+            return b
+        step = max(a[2], b[2])
+        fa, fb = self._decay_per_step ** (step - a[2]), self._decay_per_step ** (step - b[2])
+        return a[0] * fa + b[0] * fb, a[1] * fa + b[1] * fb, step
+
+    def _add(self, sample_id: str, triple: tuple[float, float, int]) -> None:
+        row = self._rows.get(sample_id)
+        if row is None:
+            row = len(self._ids)
+            if row == len(self._sum):
+                self._sum, self._weight, self._updated = (
+                    np.concatenate([a, np.zeros_like(a)]) for a in (self._sum, self._weight, self._updated)
+                )
+            self._rows[sample_id] = row
+            self._ids.append(sample_id)
+            self._sum[row], self._weight[row], self._updated[row] = triple
+        else:
+            old = (float(self._sum[row]), float(self._weight[row]), int(self._updated[row]))
+            self._sum[row], self._weight[row], self._updated[row] = self._merge(old, triple)
+        if len(self._ids) > self.config.max_tracked:
+            self._compact()
+
+    def _compact(self) -> None:
+        """Keep the most recently updated scores. O(n log n), but only once per max_tracked/4 new samples."""
+        size = len(self._ids)
+        keep = int(KEEP_AFTER_COMPACTION * self.config.max_tracked)
+        rows = np.sort(np.argsort(self._updated[:size], kind="stable")[size - keep :])
+        self._ids = [self._ids[r] for r in rows]
+        self._rows = {sample_id: row for row, sample_id in enumerate(self._ids)}
+        self._sum, self._weight, self._updated = (a[rows].copy() for a in (self._sum, self._weight, self._updated))
+
+    # Ranks, logging, checkpoints.
+    def sync_payload(self) -> dict[str, Any]:
+        remembered = np.minimum(self._loss_count, self.config.loss_stats_window)
+        return {"pending": self._pending, "loss_stats": (self._loss_mean, self._loss_var, remembered)}
+
+    def merge(self, payloads: list[dict[str, Any]], own: int) -> None:
+        """Add the other ranks' observations since the last sync, and pool the running loss distributions (each rank
+        weighted by the losses it remembers) so that every rank normalises losses alike."""
+        for rank, payload in enumerate(payloads):
+            if rank != own:
+                for sample_id, triple in payload["pending"].items():
+                    self._add(sample_id, triple)
+        self._pending = {}
+        means, variances, counts = (np.stack(parts) for parts in zip(*(p["loss_stats"] for p in payloads), strict=True))
+        total = counts.sum(axis=0)
+        seen = total > 0
+        share = counts / np.maximum(total, 1)
+        mean = (share * means).sum(axis=0)
+        var = (share * (variances + (means - mean) ** 2)).sum(axis=0)
+        self._loss_mean[seen], self._loss_var[seen] = mean[seen], var[seen]
+
+    def scalars(self, step: int) -> dict[str, float]:
+        values = {
+            "curriculum/pacing_fraction": self.pacing_fraction(step),
+            "curriculum/pacing_threshold": min(self.pacing_threshold(step), 1.0),
+            "curriculum/tracked_samples": float(len(self._ids)),
+        }
+        if self._drawn_histogram.any():
+            for q in (0.1, 0.5, 0.9):
+                values[f"curriculum/drawn_difficulty/q{round(q * 100)}"] = _histogram_quantile(self._drawn_histogram, q)
+            centres = (np.arange(DIFFICULTY_BINS) + 0.5) / DIFFICULTY_BINS
+            values["curriculum/drawn_difficulty/mean"] = float(
+                (centres * self._drawn_histogram).sum() / self._drawn_histogram.sum()
+            )
+        return values
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything but the pending observations: a restored rank must not send them a second time."""
+        size = len(self._ids)
+        return {
+            "ids": list(self._ids),
+            "sum": self._sum[:size].copy(),
+            "weight": self._weight[:size].copy(),
+            "updated": self._updated[:size].copy(),
+            "loss_mean": self._loss_mean.copy(),
+            "loss_var": self._loss_var.copy(),
+            "loss_count": self._loss_count.copy(),
+            "static_histogram": self._static_histogram.copy(),
+            "drawn_histogram": self._drawn_histogram.copy(),
+            "buffer": sorted(self._buffer),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._ids = list(state["ids"])
+        self._rows = {sample_id: row for row, sample_id in enumerate(self._ids)}
+        capacity = max(1024, len(self._ids))
+        self._sum, self._weight = np.zeros(capacity), np.zeros(capacity)
+        self._updated = np.zeros(capacity, dtype=np.int64)
+        size = len(self._ids)
+        self._sum[:size], self._weight[:size], self._updated[:size] = state["sum"], state["weight"], state["updated"]
+        self._loss_mean, self._loss_var = state["loss_mean"].copy(), state["loss_var"].copy()
+        self._loss_count = state["loss_count"].copy()
+        self._static_histogram = state["static_histogram"].copy()
+        self._drawn_histogram = state["drawn_histogram"].copy()
+        self._buffer = set(state["buffer"])
+        self._pending = {}
+
+
+class Curriculum:
+    """The trainer's one curriculum object: a TaskSampler and a SampleScorer, their state in every checkpoint.
+
+    Per optimizer step, on every rank: `task_for_step(step)` once; train, with `observe_sample_losses(...)` for each
+    micro-batch; `observe_task_loss(task, loss averaged over ranks)`; `sync()`; on rank 0, log `scalars(step)`. Before a
+    checkpoint, `sync(force=True)` on every rank, then save `state_dict()`. The data loader calls `sample_weights`
+    (main thread) with its whole shuffle buffer whenever it draws.
+    """
+
+    def __init__(self, config: CurriculumConfig, seed: int) -> None:
+        if seed < 0:
+            raise ValueError(f"seed must be non-negative, got {seed}")
+        self.config = config
+        self.tasks = TaskSampler(config, seed)
+        self.samples = SampleScorer(config)
+        self._step = 0  # the latest step seen: the reference step for sample losses, which come without one
+        self._sync_calls = 0
+        self._drawn: tuple[int, str, dict[str, float]] | None = None  # the latest draw, so logging shows it exactly
+
+    # Task level.
+    def task_weights(self, step: int) -> dict[str, float]:
+        """Normalised weights over TASKS for `step`, from the current state."""
+        return self.tasks.weights(step)
+
+    def task_for_step(self, step: int) -> str:
+        """The task of optimizer step `step`: the same on every rank that fed the same losses."""
+        weights = self.tasks.weights(step)
+        task = self.tasks.draw(step, weights)
+        self._step = max(self._step, step)
+        self._drawn = (step, task, weights)
+        return task
+
+    def observe_task_loss(self, task: str, loss: float) -> None:
+        """The step's training loss, averaged over ranks (so that every rank holds the same PID state)."""
+        self.tasks.observe(task, float(loss))
+
+    # Sample level.
+    def sample_weights(self, sample_ids: Sequence[str], static_difficulty: np.ndarray, step: int) -> np.ndarray:
+        """Weights >= 0, not all 0, for the shuffle buffer's rows (pass the whole buffer); O(len(sample_ids))."""
+        self._step = max(self._step, step)
+        return self.samples.weights(sample_ids, static_difficulty, step)
+
+    def observe_sample_losses(
+        self, sample_ids: Sequence[str], losses: np.ndarray, task: str, timesteps: np.ndarray
+    ) -> None:
+        """Per-sample losses of this rank's micro-batch, with its task and each sample's diffusion timestep."""
+        self.samples.observe(sample_ids, losses, task, timesteps, self._step)
+
+    def sync(self, force: bool = False) -> None:
+        """Every `sync_every` calls (or now, with `force`, e.g. before a checkpoint): merge sample scores across ranks.
+
+        A collective (`all_gather_object`): every rank must call it equally often. It also checks that the ranks hold
+        the same task state, which fails when the trainer feeds a rank's own loss instead of the rank average.
+        No-op on one process and outside `adaptive` mode.
+        """
+        self._sync_calls += 1
+        if self.config.mode != "adaptive" or not _distributed():
+            return
+        if not force and self._sync_calls % self.config.sync_every:
+            return
+        payloads: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(payloads, {"task": self.tasks.consensus_key(), **self.samples.sync_payload()})
+        keys = [payload["task"] for payload in payloads]
+        if any(key != keys[0] for key in keys):
+            raise RuntimeError(
+                f"ranks disagree on the task curriculum (PID count, last value, level per rank: {keys}); "
+                "observe_task_loss must get the loss averaged over ranks"
+            )
+        self.samples.merge(payloads, dist.get_rank())
+
+    # Logging and checkpoints.
+    def scalars(self, step: int) -> dict[str, float]:
+        """TensorBoard scalars: task weights and the task drawn at `step`, the PID signal, pacing, drawn difficulty."""
+        if self._drawn is not None and self._drawn[0] == step:
+            _, task, weights = self._drawn
+        else:
+            weights = self.tasks.weights(step)
+            task = self.tasks.draw(step, weights)
+        values = {f"curriculum/weight/{name}": weight for name, weight in weights.items()}
+        values["curriculum/task"] = float(TASKS.index(task))
+        return {**values, **self.tasks.scalars(), **self.samples.scalars(step)}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plain Python and numpy, picklable: for a DeepSpeed checkpoint's client_state (written by rank 0 only)."""
+        return {
+            "version": 1,
+            "mode": self.config.mode,
+            "step": self._step,
+            "sync_calls": self._sync_calls,
+            "tasks": self.tasks.state_dict(),
+            "samples": self.samples.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("version") != 1:
+            raise ValueError(f"unknown curriculum state version {state.get('version')!r}; this code reads version 1")
+        self._step, self._sync_calls = state["step"], state["sync_calls"]
+        self.tasks.load_state_dict(state["tasks"])
+        self.samples.load_state_dict(state["samples"])

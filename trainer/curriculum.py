@@ -454,10 +454,11 @@ class SampleScorer:
 class Curriculum:
     """The trainer's one curriculum object: a TaskSampler and a SampleScorer, their state in every checkpoint.
 
-    Per optimizer step, on every rank: `task_for_step(step)` once; train, with `observe_sample_losses(...)` for each
-    micro-batch; `observe_task_loss(task, loss averaged over ranks)`; `sync()`; on rank 0, log `scalars(step)`. Before a
-    checkpoint, `sync(force=True)` on every rank, then save `state_dict()`. The data loader calls `sample_weights`
-    (main thread) with its whole shuffle buffer whenever it draws.
+    Per optimizer step, on every rank: `task_for_step(step)` once; train, with `observe_sample_losses(...)` for
+    each micro-batch; `observe_task_loss(task, loss averaged over ranks)`; `sync()`; on rank 0, log
+    `scalars(step)` with the step given to `task_for_step`. Each rank saves its own `state_dict()`; where only rank
+    0's is saved, call `sync(force=True)` on every rank first. The data loader calls `sample_weights` (main thread)
+    with its whole shuffle buffer whenever it draws.
     """
 
     def __init__(self, config: CurriculumConfig, seed: int) -> None:
@@ -534,7 +535,7 @@ class Curriculum:
         return {**values, **self.tasks.scalars(), **self.samples.scalars(step)}
 
     def state_dict(self) -> dict[str, Any]:
-        """Plain Python and numpy, picklable: for a DeepSpeed checkpoint's client_state (written by rank 0 only)."""
+        """Plain Python and numpy, picklable (`torch.load(..., weights_only=False)` reads it back)."""
         return {
             "version": 1,
             "mode": self.config.mode,

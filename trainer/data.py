@@ -189,16 +189,21 @@ def collate(clips: list[tuple[dict[str, Any], np.ndarray]]) -> Batch:
 @dataclass
 class _Pending:
     position: Position
-    row: dict[str, Any]  # the row without its encoded frames, once decoded
+    row: dict[str, Any]  # the row without its encoded frames
     clip: Future  # -> (k, r, r, 3) uint8
 
 
 class ClipLoader:
-    """Batches of clips drawn from a shuffle buffer that background threads keep filled and decoded.
+    """Batches of clips from a shuffle buffer; a reader thread reads rows ahead and threads decode admitted rows.
 
-    Determinism: the buffer is refilled on the calling thread before each draw, always to the same size, from a
-    stream in a fixed order, and draws use a generator seeded by (seed, rank, draw count). So the batches depend
-    only on the seed and the position, never on thread timing, and `state_dict()` restores them exactly.
+    The curriculum acts where rows enter the buffer: each streamed row is admitted with probability equal to its
+    weight (in (0, 1]), so early in training hard rows are mostly passed over for this epoch and easy ones fill
+    the buffer; draws from the buffer are uniform. Weighting draws inside the buffer instead would only reorder
+    about one buffer's worth of rows and hardly change the mix (docs/curriculum.md).
+
+    Determinism: admission and refilling happen on the calling thread, always to the same buffer size, from a
+    stream in a fixed order, with generators seeded by the position or the draw count. So the batches depend only
+    on the seed and the stream position, never on thread timing, and `state_dict()` restores them exactly.
     """
 
     def __init__(self, rows: RowSource, config: DataConfig, resolution: int, seed: int, rank: int = 0):
@@ -207,7 +212,7 @@ class ClipLoader:
         self.resolution = resolution
         self.seed = seed
         self.rank = rank
-        self.next_position: Position = (0, 0)  # the next row to enter the buffer
+        self.next_position: Position = (0, 0)  # the next streamed row to be admitted or passed over
         self.draws = 0
         self.buffer: list[_Pending] = []
         self._restore: list[Position] = []
@@ -217,12 +222,12 @@ class ClipLoader:
         self._thread: threading.Thread | None = None
 
     # --- background reading and decoding -------------------------------------------------------------------------
-    def _submit(self, position: Position, row: dict[str, Any]) -> _Pending:
+    def _decode(self, position: Position, row: dict[str, Any]) -> _Pending:
         k = keyframe_count(self.seed, position)
         clip = self._executor.submit(decode_clip, row, k, self.resolution)
         return _Pending(position, {key: v for key, v in row.items() if key != "frames"}, clip)
 
-    def _put(self, item: _Pending | BaseException) -> bool:
+    def _put(self, item: tuple[Position, dict[str, Any]] | BaseException) -> bool:
         """Queue `item` unless the loader is closing; False when it is."""
         while not self._stop.is_set():
             try:
@@ -233,10 +238,10 @@ class ClipLoader:
         return False
 
     def _read_ahead(self, start: Position) -> None:
-        """Reader thread: rows in stream order -> decoding futures -> the queue (bounded by the buffer size)."""
+        """Reader thread: rows in stream order -> the queue (bounded by the buffer size)."""
         try:
-            for position, row in self.rows.iter_from(start):
-                if not self._put(self._submit(position, row)):
+            for item in self.rows.iter_from(start):
+                if not self._put(item):
                     return
         except BaseException as error:  # handed to the training thread, which raises it
             self._put(error)
@@ -247,44 +252,42 @@ class ClipLoader:
         if self._restore:
             rows = self.rows.rows_at(self._restore)
             if rows is not None:
-                self.buffer = [self._submit(p, r) for p, r in zip(self._restore, rows, strict=True)]
+                self.buffer = [self._decode(p, r) for p, r in zip(self._restore, rows, strict=True)]
             self._restore = []
         self._stop.clear()
         self._thread = threading.Thread(target=self._read_ahead, args=(self.next_position,), daemon=True)
         self._thread.start()
 
-    def _fill(self) -> None:
+    def _admitted(self, position: Position, row: dict[str, Any], step: int, weigh: Weigh | None) -> bool:
+        if weigh is None:
+            return True
+        weight = float(weigh([row["sample_id"]], np.array([row["static_difficulty"]], dtype=np.float32), step)[0])
+        return np.random.default_rng([self.seed, self.rank, *position]).random() < weight
+
+    def _fill(self, step: int, weigh: Weigh | None) -> None:
         while len(self.buffer) < self.config.shuffle_buffer:
             item = self._queue.get()
             if isinstance(item, BaseException):
                 raise item
-            self.buffer.append(item)
-            self.next_position = (item.position[0], item.position[1] + 1)
+            position, row = item
+            self.next_position = (position[0], position[1] + 1)
+            if self._admitted(position, row, step, weigh):
+                self.buffer.append(self._decode(position, row))
 
     # --- the training thread ---------------------------------------------------------------------------------------
     def next_batch(self, size: int, step: int = 0, weigh: Weigh | None = None) -> Batch:
-        """Draw `size` clips from the buffer (by the curriculum's weights when given), waiting for their decoding."""
+        """Admit streamed rows by `weigh` (the curriculum's sample weights) until the buffer is full, then draw
+        `size` clips uniformly from it, waiting for their decoding."""
         if self._thread is None:
             self._start()
-        self._fill()
+        self._fill(step, weigh)
         rng = np.random.default_rng([self.seed, self.rank, self.draws])
         self.draws += 1
-        size = min(size, len(self.buffer))
-        if weigh is None:
-            chosen = rng.choice(len(self.buffer), size=size, replace=False)
-        else:
-            weights = np.asarray(
-                weigh([p.row["sample_id"] for p in self.buffer], self._difficulties(), step), dtype=np.float64
-            )
-            weights = np.where(weights > 0, weights, 1e-12)  # a zero weight can still be drawn when nothing else is
-            chosen = rng.choice(len(self.buffer), size=size, replace=False, p=weights / weights.sum())
+        chosen = rng.choice(len(self.buffer), size=min(size, len(self.buffer)), replace=False)
         picked = [self.buffer[i] for i in chosen]
         for i in sorted(chosen, reverse=True):
             del self.buffer[i]
         return collate([(p.row, p.clip.result()) for p in picked])
-
-    def _difficulties(self) -> np.ndarray:
-        return np.array([p.row["static_difficulty"] for p in self.buffer], dtype=np.float32)
 
     def state_dict(self) -> dict[str, Any]:
         """Where the stream is: the next row, the rows waiting in the buffer, and the draw count."""

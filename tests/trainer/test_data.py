@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from dataset_factory import make_dataset
@@ -84,14 +85,20 @@ def test_seek_reads_the_same_rows_as_the_stream(dataset):
     assert next(later)[1]["sample_id"] == streamed[17][1]["sample_id"]
 
 
-def test_weights_steer_the_draw(dataset):
-    clip_loader = loader(dataset, buffer=15)
+def test_weights_admit_rows_into_the_buffer(dataset):
+    clip_loader = loader(dataset, buffer=4)
+    asked = []
 
-    def easiest_only(ids, difficulty, step):
-        return (difficulty <= 0.1).astype(float)
+    def easy_early(ids, difficulty, step):
+        asked.append(step)
+        return np.where(difficulty <= 0.2, 1.0, 0.01 if step == 0 else 1.0)
 
-    batch = clip_loader.next_batch(2, 0, easiest_only)
-    assert (batch.static_difficulty <= 0.1).all()
+    early = [clip_loader.next_batch(2, 0, easy_early) for _ in range(3)]
+    assert all((b.static_difficulty <= 0.2).all() for b in early[:1])
+    assert np.mean(np.concatenate([b.static_difficulty for b in early])) < 0.3
+    late = np.concatenate([clip_loader.next_batch(2, 1, easy_early).static_difficulty for _ in range(20)])
+    assert late.max() > 0.5  # every row is let in once the weights allow it
+    assert set(asked) == {0, 1}
     clip_loader.close()
 
 

@@ -7,9 +7,13 @@ import os
 from typing import Any
 
 from jobs.corpus import make_corpus
-from pipeline.config import PreprocessConfig
+from pipeline.config import ClipConfig, PreprocessConfig
 from pipeline.runner import run_preprocess
 from schemas.reader import open_dataset
+
+# The CLIP stage with random weights and the project's tiny model: nothing to download (its results mean nothing,
+# and the summary says so).
+DEMO_CLIP = ClipConfig(model="rdtf-tiny-clip", weights="random")
 
 
 def add_demo_parser(commands: Any) -> None:
@@ -35,13 +39,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"demo: made {len(made)} synthetic stickers (some deliberately broken) in {source}")
         source = os.path.join(source, "manifest.csv")
     dataset = os.path.join(args.out, "dataset")
-    summary = run_preprocess([source], dataset, PreprocessConfig())
+    summary = run_preprocess([source], dataset, PreprocessConfig(clip=DEMO_CLIP))
     print("\n".join(summary.lines()))
     reader = open_dataset(dataset)
-    table = reader.read(columns=["source_uri", "caption", "static_difficulty"])
-    print(f"demo: {reader.num_rows} rows; the three hardest by static difficulty:")
+    table = reader.read(columns=["source_uri", "caption", "caption_source", "static_difficulty"])
+    print(f"demo: {reader.num_rows} rows; the three hardest by static difficulty (caption, and where it came from):")
     for row in sorted(table.to_pylist(), key=lambda r: -r["static_difficulty"])[:3]:
-        print(f"  {row['static_difficulty']:.3f}  {os.path.basename(row['source_uri'])}  {row['caption'] or ''}")
+        name, caption = os.path.basename(row["source_uri"]), row["caption"] or ""
+        print(f"  {row['static_difficulty']:.3f}  {name}  {caption} ({row['caption_source']})")
     print(
         f"demo: rejects with reasons: {dataset}/rejects/ -- read them with schemas.open_dataset('{dataset}').rejects()"
     )

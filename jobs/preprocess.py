@@ -25,6 +25,19 @@ FLAG_KEYS = {
     "path_column": "inputs.path_column",
     "caption_column": "inputs.caption_column",
     "id_column": "inputs.id_column",
+    "clip_model": "clip.model",
+    "clip_weights": "clip.weights",
+    "clip_device": "clip.device",
+    "clip_precision": "clip.precision",
+    "clip_batch_size": "clip.batch_size",
+    "clip_actors": "clip.pool_size",
+    "clip_gpus": "clip.num_gpus",
+    "clip_cpus": "clip.num_cpus",
+    "num_tags": "clip.num_tags",
+    "captioner": "clip.captioner",
+    "captioner_model": "clip.captioner_model",
+    "min_clip_score": "clip.min_clip_score",
+    "near_duplicate_threshold": "clip.near_duplicate_threshold",
 }
 
 
@@ -64,12 +77,42 @@ def add_preprocess_parser(commands: Any) -> None:
     parser.add_argument("--path-column", help="manifest column with paths/URIs")
     parser.add_argument("--caption-column", help="manifest column with captions")
     parser.add_argument("--id-column", help="manifest column with your own ids")
+    clip = parser.add_argument_group(
+        "CLIP stage (docs/clip.md)",
+        "embeddings, CLIP scores, zero-shot tags, captions for inputs without one, and "
+        "near-duplicates; runs only when weights are given (--clip-weights or clip.weights in --config)",
+    )
+    clip.add_argument(
+        "--clip-weights",
+        metavar="PATH|TAG|random",
+        help="a local open_clip checkpoint, an open_clip pretrained tag (needs a reachable model hub), or 'random' "
+        "(tests and demos only: the results mean nothing)",
+    )
+    clip.add_argument("--clip-model", metavar="NAME", help="open_clip config name (ViT-B-32; small: rdtf-tiny-clip)")
+    clip.add_argument("--no-clip", action="store_true", help="skip the CLIP stage even if the config gives weights")
+    clip.add_argument("--clip-device", choices=["auto", "cpu", "cuda"], help="auto: cuda when the cluster has GPUs")
+    clip.add_argument("--clip-precision", choices=["auto", "fp32", "bf16", "fp16"], help="auto: bf16 on GPU")
+    clip.add_argument("--clip-batch-size", type=int, help="images per forward pass (128)")
+    clip.add_argument("--clip-actors", type=int, help="actors in the pool (one per GPU share on cuda, 1 on cpu)")
+    clip.add_argument("--clip-gpus", type=float, help="GPUs per actor on cuda; 0.5 puts two actors on a GPU (1)")
+    clip.add_argument("--clip-cpus", type=float, help="CPUs per actor (0.5)")
+    clip.add_argument("--num-tags", type=int, help="zero-shot tags kept per sample (5)")
+    clip.add_argument(
+        "--captioner", metavar="PATH|TAG|random", help="CoCa weights for inputs without a caption (default: from tags)"
+    )
+    clip.add_argument("--captioner-model", metavar="NAME", help="CoCa config of --captioner (coca_ViT-B-32)")
+    clip.add_argument("--min-clip-score", type=float, help="reject given captions scoring below this cosine (off)")
+    clip.add_argument(
+        "--near-duplicate-threshold", type=float, help="reject near-duplicates at or above this cosine (off)"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars even at a terminal")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     overrides = {key: getattr(args, flag) for flag, key in FLAG_KEYS.items() if getattr(args, flag) is not None}
+    if args.no_clip:
+        overrides["clip.weights"] = None
     cfg = load(PreprocessConfig, args.config, overrides)
     summary = run_preprocess(args.inputs, args.out, cfg, show_progress=False if args.no_progress else None)
     print("\n".join(summary.lines()))

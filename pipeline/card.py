@@ -34,7 +34,14 @@ def count_outputs(layout: DatasetLayout) -> dict[str, Any]:
     }
 
 
-def make_card(config: dict[str, Any], status: str, counts: dict[str, Any] | None, last_run: dict[str, Any] | None):
+def make_card(
+    config: dict[str, Any],
+    status: str,
+    counts: dict[str, Any] | None,
+    last_run: dict[str, Any] | None,
+    clip: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """`clip`: the CLIP stage's models and weights (pipeline.clip.ClipSetup.card), or None when it did not run."""
     return {
         "status": status,  # running | complete
         "schema_version": SCHEMA_VERSION,
@@ -42,6 +49,7 @@ def make_card(config: dict[str, Any], status: str, counts: dict[str, Any] | None
         "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "frame_format": FRAME_FORMAT,
         "config": config,
+        "clip": clip or {"status": "skipped", "reason": "no clip.weights"},
         "counts": counts,
         "last_run": last_run,
     }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from schemas.config import require
 
@@ -89,6 +90,66 @@ class RayConfig:
 
 
 @dataclass
+class ClipConfig:
+    """The CLIP stage (docs/clip.md): embeddings, caption scores, zero-shot tags, captions and near-duplicates."""
+
+    weights: str | None = None  # a checkpoint file, an open_clip pretrained tag, or "random"; None: stage skipped
+    model: str = "ViT-B-32"  # an open_clip config name, or one of pipeline/clip_configs/ (rdtf-tiny-clip)
+    seed: int = 0  # seeds "random" weights, so that every actor builds the same model
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when the Ray cluster has GPUs, else cpu
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on cuda, fp32 on cpu
+    # Images per forward pass. Every pass holds exactly this many (the last one of a batch padded), so an embedding
+    # never depends on which other frames shared its pass; the padding costs at most one pass per block.
+    batch_size: int = 128
+    pool_size: int | None = None  # actors; None: one per GPU share on cuda (GPUs / num_gpus), 1 on cpu
+    num_gpus: float = 1.0  # GPUs per actor on cuda; fractional (0.5) puts several actors on one GPU
+    # CPUs per actor (its torch threads: at least 1). Fractional, because on a small machine a pool of 1-CPU actors
+    # leaves the decode tasks no CPU and the job hangs (measured on 2 CPUs, docs/stack-notes).
+    num_cpus: float = 0.5
+    num_tags: int = 5  # zero-shot tags kept per sample, with their scores
+    vocabulary: str | None = None  # tag vocabulary file, one tag a line; None: pipeline/sticker_vocabulary.txt
+    captioner: str | None = None  # CoCa weights (file, tag or "random") for inputs without a caption; None: from tags
+    captioner_model: str = "coca_ViT-B-32"  # the CoCa config of `captioner`
+    caption_batch_size: int = 16  # images per CoCa generate call (padded like batch_size)
+    caption_max_tokens: int = 20  # generated caption length limit, tokens
+    min_clip_score: float | None = None  # clip_score reject: given captions scoring below (cosine); None: off
+    near_duplicate_threshold: float | None = None  # near_duplicate reject: embedding cosine at or above; None: off
+    # Rows per cluster of the near-duplicate pass: pairs are compared only within a cluster, so its cost is about
+    # rows x near_duplicate_cluster_rows dot products instead of rows squared.
+    near_duplicate_cluster_rows: int = 20_000
+
+    def __post_init__(self) -> None:
+        require(self.weights is None or self.weights.strip() != "", "clip.weights", "must not be empty")
+        require(self.model.strip() != "", "clip.model", "must name an open_clip config")
+        require(self.batch_size >= 1, "clip.batch_size", "must be at least 1")
+        require(self.pool_size is None or self.pool_size >= 1, "clip.pool_size", "must be at least 1")
+        require(0 < self.num_gpus <= 8, "clip.num_gpus", f"must be in (0, 8], got {self.num_gpus}")
+        require(0 < self.num_cpus <= 256, "clip.num_cpus", f"must be in (0, 256], got {self.num_cpus}")
+        require(1 <= self.num_tags <= 50, "clip.num_tags", f"must be in [1, 50], got {self.num_tags}")
+        require(self.caption_batch_size >= 1, "clip.caption_batch_size", "must be at least 1")
+        require(
+            6 <= self.caption_max_tokens <= 76,
+            "clip.caption_max_tokens",
+            f"must be in [6, 76] (CoCa generates at least 5 tokens), got {self.caption_max_tokens}",
+        )
+        require(
+            self.min_clip_score is None or -1 <= self.min_clip_score <= 1,
+            "clip.min_clip_score",
+            "is a cosine: must be in [-1, 1] (or null: off)",
+        )
+        require(
+            self.near_duplicate_threshold is None or 0 < self.near_duplicate_threshold <= 1,
+            "clip.near_duplicate_threshold",
+            "is a cosine: must be in (0, 1] (or null: off)",
+        )
+        require(self.near_duplicate_cluster_rows >= 2, "clip.near_duplicate_cluster_rows", "must be at least 2")
+
+    @property
+    def enabled(self) -> bool:
+        return self.weights is not None
+
+
+@dataclass
 class PreprocessConfig:
     """Everything `rdtf preprocess` does; saved in the dataset card."""
 
@@ -96,4 +157,5 @@ class PreprocessConfig:
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     filters: FilterConfig = field(default_factory=FilterConfig)
     difficulty: DifficultyConfig = field(default_factory=DifficultyConfig)
+    clip: ClipConfig = field(default_factory=ClipConfig)
     ray: RayConfig = field(default_factory=RayConfig)

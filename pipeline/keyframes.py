@@ -1,14 +1,15 @@
 """Keyframe index sets for k = 3..8: cluster the frames into k groups and keep each group's first frame.
 
 This is the paper's method (its code clusters VGG16 fc6 features with k-means). Here the per-frame features are
-small colour thumbnails; the CLIP stage supplies better ones when it runs. A clip with fewer than k distinct
-frames is extended ping-pong style (the paper's rule), so every set has exactly k indices in temporal order.
+the frames' CLIP embeddings when the CLIP stage runs, and small colour thumbnails otherwise. A clip with fewer than
+k distinct frames is extended ping-pong style (the paper's rule), so every set has exactly k indices in temporal
+order.
 """
 
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from PIL import Image
@@ -62,13 +63,20 @@ def _fill(chosen: list[int], count: int, k: int) -> list[int]:
 
 
 class KeyframeStage(Stage):
-    """Writes keyframe_sets[k - 3] for every k in KEYFRAME_COUNTS."""
+    """Writes keyframe_sets[k - 3] for every k in KEYFRAME_COUNTS, clustering thumbnails or CLIP frame embeddings."""
 
     name = "keyframes"
     reads = ("frames", "sample_id")
     writes = ("keyframe_sets",)
 
+    def __init__(self, features: Literal["thumbnails", "clip"] = "thumbnails"):
+        self.features = features
+        self.reads = ("frame_embeddings" if features == "clip" else "frames", "sample_id")
+
     def process_row(self, row: dict[str, Any]) -> dict[str, Any]:
-        features = thumbnails(row["frames"])
+        if self.features == "clip":  # a frame held on screen has the very same embedding at every sampled time
+            features = np.asarray(row["frame_embeddings"], dtype=np.float64)
+        else:
+            features = thumbnails(row["frames"])
         seed = int(row["sample_id"][:8], 16)  # from the content: the same sticker always gets the same sets
         return {"keyframe_sets": [select_keyframes(features, k, seed) for k in KEYFRAME_COUNTS]}

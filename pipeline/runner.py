@@ -1,17 +1,20 @@
 """`rdtf preprocess` from start to end: the table of contents of the pipeline.
 
+0. check the CLIP model and weights (when the stage is on), before any input is read;
 1. discover the inputs and skip those the output already accounts for (resume);
 2. hash pass: read and hash every remaining input (Ray Data), so duplicates are known across the whole input;
 3. write the duplicate and unreadable rejects;
-4. main pass (Ray Data): probe -> metadata filters -> decode -> entropy -> entropy filter -> keyframes -> write;
-5. count what the files hold, check that every input is there exactly once, and write the dataset card.
+4. main pass (Ray Data): probe -> metadata filters -> decode -> entropy -> entropy filter -> keyframes -> encode ->
+   write; with the CLIP stage: ... entropy filter -> CLIP input -> encode (CPU tasks) | CLIP (actor pool) |
+   keyframes on the CLIP frame embeddings -> write (CPU tasks);
+5. with clip.near_duplicate_threshold: near-duplicates across the whole dataset move to the rejects;
+6. count what the files hold, check that every input is there exactly once, and write the dataset card.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import sys
 import time
 from collections import Counter
@@ -26,6 +29,8 @@ from tqdm import tqdm
 import pipeline
 import schemas
 from pipeline.card import count_outputs, make_card
+from pipeline.clip import ClipInputStage, ClipSetup, ClipStage, prepare
+from pipeline.clip_models import RANDOM_WARNING
 from pipeline.config import PreprocessConfig, RayConfig
 from pipeline.decode import DecodeStage, ProbeStage
 from pipeline.dedupe import kept_copies
@@ -35,8 +40,10 @@ from pipeline.filters import EntropyFilterStage, MetadataFilterStage
 from pipeline.hash_inputs import HashStage
 from pipeline.keyframes import KeyframeStage
 from pipeline.ledger import accounted, entries, remove_temp_files
-from pipeline.stage import STATUS_COLUMNS, Batch, Stage, check_chain
-from pipeline.write import ShardWriter, write_rejects
+from pipeline.near_duplicates import drop_rejected_rows, near_duplicate_pass
+from pipeline.plan import run_stages
+from pipeline.stage import STATUS_COLUMNS, Stage, check_chain
+from pipeline.write import EncodeFramesStage, ShardWriter, write_rejects
 from schemas.config import ConfigError, to_dict
 from schemas.layout import DatasetLayout
 
@@ -48,6 +55,9 @@ HASH_OUTPUT = pa.schema(
     + [(c, pa.string()) for c in STATUS_COLUMNS]
 )
 SUMMARY_OUTPUT = pa.schema([("source_uri", pa.string()), ("reject_reason", pa.string()), ("num_bytes", pa.int64())])
+# Settings that change where and how fast the work runs, never its result: an existing dataset may be resumed with
+# other values (section -> keys; None: the whole section).
+EXECUTION_KEYS: dict[str, tuple[str, ...] | None] = {"ray": None, "clip": ("pool_size", "num_cpus", "num_gpus")}
 
 
 @dataclass
@@ -61,6 +71,8 @@ class PreprocessSummary:
     rejected: Counter = field(default_factory=Counter)  # rejects this run, by reason
     seconds: float = 0.0
     bytes_read: int = 0
+    near_duplicates: int = 0  # rows the near-duplicate pass moved to the rejects, earlier runs' rows included
+    clip: str = "skipped: no clip.weights (--clip-weights PATH|TAG|random)"  # what the CLIP stage did
     card: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -76,6 +88,9 @@ class PreprocessSummary:
             f"{self.seconds:.1f} s, {rate:.1f} inputs/s, {self.bytes_read / 2**20:.1f} MiB read",
         ]
         lines += [f"  rejected {reason}: {n}" for reason, n in sorted(self.rejected.items())]
+        lines.append(f"clip: {self.clip}")
+        if self.near_duplicates:
+            lines.append(f"near-duplicates: {self.near_duplicates} rows moved to the rejects")
         lines.append(
             f"dataset: {counts.get('rows', 0)} rows, {counts.get('rejects', 0)} rejects "
             f"in {self.output} (card: {self.output.rstrip('/')}/card.json)"
@@ -83,27 +98,25 @@ class PreprocessSummary:
         return lines
 
 
-def run_chain(table: pa.Table, stages: list[Stage], sink: Any, schema: pa.Schema) -> pa.Table:
-    """One Ray Data task: run `stages` over a batch in this process, so decoded frames never leave its memory."""
-    batch: Batch = table.to_pydict()
-    for stage in stages:
-        stage.setup()
-        batch = stage(batch)
-    if sink is not None:
-        batch = sink(batch)
-    return pa.Table.from_pydict({name: batch[name] for name in schema.names}, schema=schema)
-
-
-def main_stages(cfg: PreprocessConfig) -> list[Stage]:
-    """The main pass, in order; checked once here that every stage gets the columns it reads."""
+def main_stages(cfg: PreprocessConfig, clip: ClipSetup | None = None) -> list[Stage]:
+    """The main pass, in order (with the CLIP stage when `clip` is given, resolved for the cluster); checked once
+    here that every stage gets the columns it reads."""
     stages: list[Stage] = [
         ProbeStage(cfg.decode),
         MetadataFilterStage(cfg.filters),
         DecodeStage(cfg.decode),
         EntropyStage(cfg.difficulty),
         EntropyFilterStage(cfg.filters),
-        KeyframeStage(),
     ]
+    if clip is None:
+        stages += [KeyframeStage(), EncodeFramesStage()]
+    else:
+        stages += [
+            ClipInputStage(clip.image_size),
+            EncodeFramesStage(),
+            ClipStage(clip.cfg, clip.vocabulary),
+            KeyframeStage(features="clip"),
+        ]
     check_chain(stages, INPUT_COLUMNS)
     return stages
 
@@ -139,52 +152,43 @@ def ray_session(cfg: RayConfig, show_progress: bool) -> Iterator[None]:
             ray.shutdown()
 
 
-# Cut a pass into at least this many tasks per cluster CPU, so a few slow inputs (large stickers sort together)
-# cannot leave CPUs idle at the end; measured on 299 stickers and 2 CPUs (docs/benchmarks.md).
-TASKS_PER_CPU = 4
+def _result_settings(config: dict[str, Any]) -> dict[str, Any]:
+    """The config without EXECUTION_KEYS, as the card stores it."""
+    stored = json.loads(json.dumps(config))
+    for section, keys in EXECUTION_KEYS.items():
+        if keys is None:
+            stored.pop(section, None)
+        else:
+            stored[section] = {k: v for k, v in stored.get(section, {}).items() if k not in keys}
+    return stored
 
 
-def _map(rows: list[dict[str, Any]], stages: list[Stage], sink: Any, schema: pa.Schema, rows_per_task: int):
-    """Stream `rows` through the stages on Ray Data, one task per block; yield the output batches as they finish.
-
-    Blocks hold at most `rows_per_task` rows (so a shard never holds more), and there are enough of them to keep
-    every CPU busy. `batch_size=None` hands each task its whole block: a batch size would merge blocks.
-    """
-    import ray
-
-    cpus = int(ray.cluster_resources().get("CPU", 1))
-    blocks = min(len(rows), max(math.ceil(len(rows) / rows_per_task), TASKS_PER_CPU * cpus))
-    dataset = ray.data.from_items(rows, override_num_blocks=blocks)
-    dataset = dataset.map_batches(
-        run_chain,
-        fn_kwargs={"stages": stages, "sink": sink, "schema": schema},
-        batch_size=None,
-        batch_format="pyarrow",
-        num_cpus=max(s.resources.num_cpus for s in stages),
-    )
-    yield from dataset.iter_batches(batch_format="pyarrow", batch_size=None)
-
-
-def _check_config(layout: DatasetLayout, config: dict[str, Any]) -> None:
-    """Refuse to add rows made with other settings to an existing dataset (Ray settings may differ)."""
+def _check_config(layout: DatasetLayout, config: dict[str, Any], clip: ClipSetup | None) -> None:
+    """Refuse to add rows made with other settings, or other CLIP weights, to an existing dataset."""
     card = layout.read_card()
     if card is None:
         return
-    old = {k: v for k, v in card.get("config", {}).items() if k != "ray"}
-    new = {k: v for k, v in json.loads(json.dumps(config)).items() if k != "ray"}  # as the card stores it
+    old, new = _result_settings(card.get("config", {})), _result_settings(config)
     if old != new:
         section = next(k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k))
         raise ConfigError(
             f"{layout.root} was made with different '{section}' settings ({old.get(section)} there, "
             f"{new.get(section)} now). Use another --out, or delete that folder to start over."
         )
+    old_hash = (card.get("clip") or {}).get("weights_sha256")
+    if clip is not None and old_hash is not None and old_hash != clip.weights.sha256:
+        raise ConfigError(
+            f"{layout.root} was made with other CLIP weights (sha256 {old_hash} there, {clip.weights.sha256} now: "
+            f"the file {clip.weights.source} changed). Use another --out, or delete that folder to start over."
+        )
 
 
 def _hash_pass(todo: list[InputItem], cfg: PreprocessConfig, show_progress: bool) -> list[dict[str, Any]]:
     stage = HashStage(cfg.decode.max_file_bytes)
     results: list[dict[str, Any]] = []
+    rows = [{"source_uri": i.source_uri} for i in todo]
     with tqdm(total=len(todo), desc="hashing", unit="input", disable=not show_progress) as bar:
-        for batch in _map([{"source_uri": i.source_uri} for i in todo], [stage], None, HASH_OUTPUT, 1024):
+        for batch in run_stages(rows, [stage], ("source_uri",), None, HASH_OUTPUT, 1024):
             results += batch.to_pylist()
             bar.update(batch.num_rows)
     return results
@@ -199,20 +203,39 @@ def run_preprocess(
     layout = DatasetLayout.at(output)
     config = to_dict(cfg)
 
+    # 0. The CLIP model and weights: a bad checkpoint fails here, before any input is read.
+    clip = prepare(cfg.clip)
+    if clip is None:
+        log.info("CLIP stage skipped: no clip.weights; clip_embedding, clip_score and tags stay null")
+    elif clip.weights.kind == "random":
+        log.warning("WARNING: %s", RANDOM_WARNING)
+
     # 1. Inputs, minus what the output already accounts for.
     items = discover(inputs, cfg.inputs)
     if not items:
         raise InputError(f"no inputs found in {inputs} (extensions looked for: {', '.join(cfg.inputs.extensions)})")
-    _check_config(layout, config)
+    _check_config(layout, config, clip)
+    finished_before = (layout.read_card() or {}).get("status") == "complete"
     if remove_temp_files(layout):
         log.info("removed half-written files left by a killed run")
+    if cfg.clip.near_duplicate_threshold is not None and drop_rejected_rows(layout):
+        log.info("finished moving the near-duplicates that a killed run had rejected")
     done = accounted(layout)
     todo = [item for item in items if item.source_uri not in done]
     summary = PreprocessSummary(output, len(items), len(items) - len(todo))
     log.info("%d inputs, %d already accounted for, %d to do", len(items), summary.already_done, len(todo))
-    layout.write_card(make_card(config, "running", None, None))
+    layout.write_card(make_card(config, "running", None, None, clip.card() if clip else None))
 
     with ray_session(cfg.ray, show_progress):
+        import ray
+
+        if clip is not None:
+            clip = clip.for_cluster(ray.cluster_resources().get("GPU", 0))
+            model, run = clip.weights, clip.cfg
+            summary.clip = f"{model.model} ({model.source} weights) on {run.device}, {run.precision}"
+            if clip.weights.kind == "random":
+                summary.clip += f" -- WARNING: {RANDOM_WARNING}"
+
         # 2. Hash pass.
         hashed = _hash_pass(todo, cfg, show_progress) if todo else []
 
@@ -246,21 +269,30 @@ def run_preprocess(
             for r in hashed
             if r["reject_reason"] is None
         ]
-        stages = main_stages(cfg)
+        stages = main_stages(cfg, clip)
         sink = ShardWriter(output, cfg.decode.frame_size)
+        written_now: set[str] = set()
+        batches = run_stages(rows, stages, INPUT_COLUMNS, sink, SUMMARY_OUTPUT, cfg.ray.rows_per_shard) if rows else []
         with tqdm(total=len(rows), desc="preprocessing", unit="sticker", disable=not show_progress) as bar:
-            for batch in _map(rows, stages, sink, SUMMARY_OUTPUT, cfg.ray.rows_per_shard) if rows else []:
-                for reason, size in zip(
-                    batch["reject_reason"].to_pylist(), batch["num_bytes"].to_pylist(), strict=True
-                ):
+            for batch in batches:
+                for uri, reason, size in zip(*(batch[c].to_pylist() for c in SUMMARY_OUTPUT.names), strict=True):
                     summary.bytes_read += size or 0
                     if reason is None:
-                        summary.written += 1
+                        written_now.add(uri)
                     else:
                         summary.rejected[reason] += 1
                 bar.update(batch.num_rows)
 
-    # 5. Account for every input exactly once, then the card.
+        # 5. Near-duplicates across the whole dataset, when this run added rows or an earlier one did not finish.
+        threshold = cfg.clip.near_duplicate_threshold
+        if clip is not None and threshold is not None and (written_now or not finished_before):
+            moved = near_duplicate_pass(layout, threshold, cfg.clip.near_duplicate_cluster_rows)
+            summary.near_duplicates = len(moved)
+            summary.rejected["near_duplicate"] += len(written_now.intersection(moved))
+            written_now.difference_update(moved)
+        summary.written = len(written_now)
+
+    # 6. Account for every input exactly once, then the card.
     written = entries(layout)
     present = Counter(uri for uri, _ in written if uri in wanted)
     missing = [uri for uri in wanted if uri not in present]
@@ -276,8 +308,9 @@ def run_preprocess(
         "already_done": summary.already_done,
         "written": summary.written,
         "rejected": dict(summary.rejected),
+        "near_duplicates_moved": summary.near_duplicates,
         "seconds": round(summary.seconds, 2),
     }
-    summary.card = make_card(config, "complete", count_outputs(layout), last_run)
+    summary.card = make_card(config, "complete", count_outputs(layout), last_run, clip.card() if clip else None)
     layout.write_card(summary.card)
     return summary

@@ -3,7 +3,7 @@
 A batch is a dict of equal-length lists (column name -> values). A row whose `reject_reason` is set has been
 rejected by an earlier stage and passes through untouched; a stage that cannot use a row raises `Reject`, and an
 unexpected exception becomes a reject with reason `internal_error` -- neither ever escapes `__call__`. Stages do not
-import Ray: `pipeline.runner` turns them into Ray Data operators, and tests call them on a batch directly.
+import Ray: `pipeline.plan` turns them into Ray Data operators, and tests call them on a batch directly.
 """
 
 from __future__ import annotations
@@ -31,10 +31,11 @@ class Reject(Exception):
 
 @dataclass(frozen=True)
 class Resources:
-    """What one worker of a stage asks Ray for."""
+    """What one worker of a stage asks Ray for, and whether workers are tasks or a pool of actors."""
 
     num_cpus: float = 1.0
     num_gpus: float = 0.0
+    actors: int = 0  # 0: tasks (setup() once per task); n: a pool of n actors (setup() once per actor)
 
 
 class Stage(ABC):

@@ -13,13 +13,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.stage import Batch
+from pipeline.stage import Batch, Stage
 from schemas.dataset import REJECT_SCHEMA, SAMPLE_SCHEMA
 from schemas.frames import encode_frame
 from schemas.layout import DATA_DIR, REJECTS_DIR, TEMP_PREFIX, DatasetLayout
 
 # What the driver gets back for each input: enough for progress, the summary and the accounting check.
 SUMMARY_COLUMNS = ("source_uri", "reject_reason", "num_bytes")
+# Written by the CLIP stage when it runs (caption and caption_source too, for inputs without a caption).
+CLIP_COLUMNS = ("clip_embedding", "clip_score", "tags")
 
 
 def shard_name(source_uris: list[str]) -> str:
@@ -61,8 +63,22 @@ def encode_frames(frames: list) -> list[bytes]:
     return encoded
 
 
+class EncodeFramesStage(Stage):
+    """The frames in their stored form (PNG), made where they were decoded: a batch that goes on to another
+    worker (the CLIP actors) carries about a sixth of the bytes of the decoded frames."""
+
+    name = "encode"
+    reads = ("frames",)
+    writes = ("encoded_frames",)
+
+    def process_row(self, row: dict[str, Any]) -> dict[str, Any]:
+        return {"encoded_frames": encode_frames(row["frames"])}
+
+
 def sample_row(batch: Batch, i: int, frame_size: int) -> dict[str, Any]:
+    """One SAMPLE_SCHEMA row. The CLIP columns stay null when the CLIP stage did not run (not in the batch)."""
     caption = batch["caption"][i]
+    clip = {c: batch[c][i] if c in batch else None for c in CLIP_COLUMNS}
     return {
         "sample_id": batch["sample_id"][i],
         "source_uri": batch["source_uri"][i],
@@ -73,18 +89,16 @@ def sample_row(batch: Batch, i: int, frame_size: int) -> dict[str, Any]:
         "height": batch["height"][i],
         "num_frames": batch["num_frames"][i],
         "frame_durations_ms": batch["frame_durations_ms"][i],
-        "frames": encode_frames(batch["frames"][i]),
+        "frames": batch["encoded_frames"][i],
         "frame_timestamps_ms": batch["frame_timestamps_ms"][i],
         "frame_size": frame_size,
         "keyframe_sets": batch["keyframe_sets"][i],
         "caption": caption,
-        "caption_source": "given" if caption is not None else None,
+        "caption_source": batch["caption_source"][i] if "caption_source" in batch else ("given" if caption else None),
         "spatial_entropy": batch["spatial_entropy"][i],
         "temporal_entropy": batch["temporal_entropy"][i],
         "static_difficulty": batch["static_difficulty"][i],
-        "clip_embedding": None,
-        "clip_score": None,
-        "tags": None,
+        **clip,
     }
 
 
@@ -104,6 +118,13 @@ class ShardWriter:
     """
 
     name = "write"
+    # The columns it writes from: what an earlier worker must hand on (the CLIP columns and caption_source only
+    # when they exist).
+    reads = (
+        "sample_id", "source_uri", "source_id", "format", "num_bytes", "width", "height", "num_frames",
+        "frame_durations_ms", "encoded_frames", "frame_timestamps_ms", "keyframe_sets", "caption", "caption_source",
+        "spatial_entropy", "temporal_entropy", "static_difficulty", *CLIP_COLUMNS,
+    )  # fmt: skip
 
     def __init__(self, output: str, frame_size: int):
         self.output = output

@@ -1,0 +1,168 @@
+"""How a chain of stages runs on Ray Data: legs of tasks, and pools of actors for the stages that hold a model.
+
+Consecutive stages that run as tasks form one leg, run inside one task, so that a sticker's decoded frames never
+leave that worker's memory. A stage that holds a model (`Resources.actors` > 0) is a leg of its own, run by a pool
+of actors whose `setup()` loads the model once per actor. Each leg is one Ray Data `map_batches` operator, and
+every leg but the last hands on only the columns that later legs and the sink read, as Arrow typed by COLUMN_TYPES
+(numpy arrays as .npy bytes). A leg converts to Python only the columns its stages read and passes the rest on
+untouched, so an actor spends its time in the model, not in copying frames.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from pipeline.stage import STATUS_COLUMNS, Resources, Stage
+from schemas.dataset import SAMPLE_SCHEMA
+
+# Columns whose values are numpy arrays; they travel in .npy format, which carries their dtype and shape.
+ARRAY_COLUMNS = ("frames", "clip_pixels", "frame_embeddings")
+# The Arrow type of every column that may cross between legs: the stored row's, the status columns, and the
+# stages' working columns (`frames` in a batch are the decoded arrays; the stored ones are `encoded_frames`).
+COLUMN_TYPES: dict[str, pa.DataType] = {
+    **{f.name: f.type for f in SAMPLE_SCHEMA},
+    **{c: pa.string() for c in STATUS_COLUMNS},
+    **{c: pa.large_binary() for c in ARRAY_COLUMNS},
+    "data": pa.large_binary(),
+    "encoded_frames": pa.list_(pa.binary()),
+    "clip_frame_index": pa.list_(pa.int16()),
+}
+# Cut a pass into at least this many tasks per cluster CPU, so a few slow inputs (large stickers sort together)
+# cannot leave CPUs idle at the end; measured on 299 stickers and 2 CPUs (docs/benchmarks.md).
+TASKS_PER_CPU = 4
+
+
+@dataclass
+class Leg:
+    """Stages that run in one worker, one after the other; `keep` is what the leg hands on (empty for the last)."""
+
+    stages: list[Stage]
+    keep: tuple[str, ...]
+
+    @property
+    def resources(self) -> Resources:
+        if self.stages[0].resources.actors:
+            return self.stages[0].resources
+        return Resources(num_cpus=max(s.resources.num_cpus for s in self.stages))
+
+
+def split(stages: list[Stage], input_columns: tuple[str, ...], sink_reads: tuple[str, ...]) -> list[Leg]:
+    """Cut the chain into legs, and check once that every column a leg hands on has an Arrow type."""
+    groups: list[list[Stage]] = []
+    for stage in stages:
+        if stage.resources.actors or not groups or groups[-1][0].resources.actors:
+            groups.append([stage])
+        else:
+            groups[-1].append(stage)
+    legs = []
+    available = set(input_columns) | set(STATUS_COLUMNS)
+    for n, group in enumerate(groups):
+        available |= {c for stage in group for c in stage.writes}
+        later = {c for g in groups[n + 1 :] for stage in g for c in stage.reads}
+        keep = tuple(sorted(available & (later | set(sink_reads) | set(STATUS_COLUMNS)))) if groups[n + 1 :] else ()
+        untyped = [c for c in keep if c not in COLUMN_TYPES]
+        if untyped:
+            raise ValueError(f"columns {untyped} cross from stage {group[-1].name} to another worker: add their type")
+        legs.append(Leg(group, keep))
+    return legs
+
+
+def _to_python(column: pa.ChunkedArray, name: str) -> list[Any]:
+    values = column.to_pylist()
+    if name in ARRAY_COLUMNS:
+        return [None if v is None else np.load(io.BytesIO(v)) for v in values]
+    return values
+
+
+def _to_arrow(values: list[Any], name: str) -> pa.Array:
+    if name in ARRAY_COLUMNS:
+        values = [None if v is None else _npy(v) for v in values]
+    return pa.array(values, type=COLUMN_TYPES[name])
+
+
+def _npy(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def run_leg(table: pa.Table, stages: list[Stage], keep: tuple[str, ...], sink: Any, schema: pa.Schema | None):
+    """One block through a leg's stages (and the sink, on the last leg): the next leg's columns, or `schema`'s."""
+    needed = {"source_uri", *STATUS_COLUMNS, *(c for s in stages for c in s.reads), *getattr(sink, "reads", ())}
+    batch = {c: _to_python(table.column(c), c) for c in table.column_names if c in needed}
+    for stage in stages:
+        batch = stage(batch)
+    if sink is not None:
+        batch = sink(batch)
+    if schema is not None:
+        return pa.Table.from_pydict({name: batch[name] for name in schema.names}, schema=schema)
+    written = {*STATUS_COLUMNS, *(c for s in stages for c in s.writes)}
+    return pa.table(
+        {c: _to_arrow(batch[c], c) if c in written else table.column(c).cast(COLUMN_TYPES[c]) for c in keep}
+    )
+
+
+def run_task_leg(table: pa.Table, stages: list[Stage], keep, sink, schema) -> pa.Table:
+    """A task: sets its stages up (once per task), then runs the block."""
+    for stage in stages:
+        stage.setup()
+    return run_leg(table, stages, keep, sink, schema)
+
+
+class LegActor:
+    """An actor of a pool: sets its stages up once, when it starts, then runs every block it is given."""
+
+    def __init__(self, stages: list[Stage], keep: tuple[str, ...], sink: Any, schema: pa.Schema | None):
+        for stage in stages:
+            stage.setup()
+        self.leg = (stages, keep, sink, schema)
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        return run_leg(table, *self.leg)
+
+
+def run_stages(
+    rows: list[dict[str, Any]],
+    stages: list[Stage],
+    input_columns: tuple[str, ...],
+    sink: Any,
+    schema: pa.Schema,
+    rows_per_task: int,
+) -> Iterator[pa.Table]:
+    """Stream `rows` through the stages on Ray Data; yield the last leg's output (`schema`) as blocks finish.
+
+    Blocks hold at most `rows_per_task` rows (so a shard never holds more), and there are enough of them to keep
+    every CPU busy. `batch_size=None` hands each worker a whole block: a batch size would merge blocks.
+    """
+    import ray
+
+    legs = split(stages, input_columns, tuple(getattr(sink, "reads", schema.names)))
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    blocks = min(len(rows), max(math.ceil(len(rows) / rows_per_task), TASKS_PER_CPU * cpus))
+    dataset = ray.data.from_items(rows, override_num_blocks=blocks)
+    for n, leg in enumerate(legs):
+        args = {"stages": leg.stages, "keep": leg.keep, "sink": None, "schema": None}
+        if n == len(legs) - 1:
+            args.update(sink=sink, schema=schema)
+        common = {"batch_size": None, "batch_format": "pyarrow", "num_cpus": leg.resources.num_cpus}
+        if leg.resources.actors:
+            dataset = dataset.map_batches(
+                LegActor,
+                fn_constructor_kwargs=args,
+                compute=ray.data.ActorPoolStrategy(size=leg.resources.actors),
+                num_gpus=leg.resources.num_gpus,
+                # The actor's math libraries use its share of CPUs. Also what keeps Ray Data from fusing the decode
+                # tasks before it into the actors: it fuses only operators whose remote arguments are equal.
+                runtime_env={"env_vars": {"OMP_NUM_THREADS": str(max(1, int(leg.resources.num_cpus)))}},
+                **common,
+            )
+        else:
+            dataset = dataset.map_batches(run_task_leg, fn_kwargs=args, **common)
+    yield from dataset.iter_batches(batch_format="pyarrow", batch_size=None)

@@ -1,4 +1,4 @@
-"""The `rdtf` command line: one entry point for every job (preprocess now; train, sample and more to come)."""
+"""The `rdtf` command line: one entry point for every job (preprocess, train, sample, demo; more to come)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from importlib.metadata import version
 
 from jobs.demo import add_demo_parser
 from jobs.preprocess import add_preprocess_parser
+from jobs.sample import add_sample_parser
+from jobs.train import add_train_parser
 from pipeline.discover import InputError
 from schemas.config import ConfigError
 from schemas.reader import SchemaVersionError
@@ -23,6 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log what every step does")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     add_preprocess_parser(commands)
+    add_train_parser(commands)
+    add_sample_parser(commands)
     add_demo_parser(commands)
     return parser
 

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import pytest
 from conftest import REPO
 
 from pipeline.config import PreprocessConfig
 from schemas.config import load
+from trainer.config import TrainConfig
 
 
 def test_preprocess_yaml_is_the_defaults() -> None:
     assert load(PreprocessConfig, str(REPO / "configs" / "preprocess.yaml")) == PreprocessConfig()
+
+
+@pytest.mark.parametrize("preset", ["tiny", "small", "paper"])
+def test_training_presets_load_and_validate(preset: str) -> None:
+    cfg = load(TrainConfig, str(REPO / "configs" / f"{preset}.yaml"))
+    assert cfg.model["block_out_channels"] and cfg.run.max_steps > 0
+    assert cfg.latent.mode == ("pixel" if preset == "tiny" else "vae")

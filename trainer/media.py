@@ -27,13 +27,18 @@ def frames_to_clip(frames: np.ndarray) -> torch.Tensor:
 
 
 def write_gif(frames: np.ndarray, path: str, fps: int = GIF_FPS) -> str:
-    """Write (f, h, w, 3) uint8 frames as a looping GIF (written to a temp name, then renamed)."""
+    """Write (f, h, w, 3) uint8 frames as a looping GIF (written to a temp name, then renamed).
+
+    Pillow stores identical neighbouring frames once, with their display times summed: the GIF still plays f
+    frames' worth of time, as the pipeline reads GIFs (by display time).
+    """
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     images = [Image.fromarray(frame) for frame in frames]
+    # GIF delays are in 10 ms units: round the frame start times, so 8 fps plays 130, 120, 130, ... = 1000 ms.
+    starts = [int(i * 100 / fps + 0.5) * 10 for i in range(len(images) + 1)]
+    durations = [b - a for a, b in zip(starts, starts[1:], strict=False)]
     temp = path + ".tmp"
-    images[0].save(
-        temp, format="GIF", save_all=True, append_images=images[1:], duration=1000 // fps, loop=0, disposal=1
-    )
+    images[0].save(temp, format="GIF", save_all=True, append_images=images[1:], duration=durations, loop=0, disposal=1)
     os.replace(temp, path)
     return path
 

@@ -1,0 +1,176 @@
+"""`rdtf train` and `rdtf sample` end to end on the tiny preset (CPU, fp32): resume after SIGKILL, two processes
+with ZeRO-2 over gloo, a GIF for every task, config errors. Training runs in subprocesses, as users run it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO
+from dataset_factory import make_dataset
+from PIL import Image
+
+from trainer import checkpoint
+from trainer.masks import TASKS
+from trainer.sample import SampleRequest, sample
+
+TINY = str(REPO / "configs" / "tiny.yaml")
+FAST = ["--set", "data.shuffle_buffer=4", "--set", "run.log_every=1", "--micro-batch", "2"]
+
+
+def rdtf(*args: str, launcher: list[str] | None = None, **popen) -> subprocess.Popen:
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    command = (launcher or [sys.executable]) + ["-m", "jobs.cli", *args]
+    return subprocess.Popen(
+        command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen
+    )
+
+
+def finish(process: subprocess.Popen, timeout: float = 300) -> str:
+    out, _ = process.communicate(timeout=timeout)
+    assert process.returncode == 0, out
+    return out
+
+
+def assert_plays_8_frames(path: str) -> None:
+    """8 frames at 8 fps (1 s); Pillow stores identical neighbours once with their summed time, as GIFs allow."""
+    with Image.open(path) as gif:
+        durations = []
+        for i in range(gif.n_frames):
+            gif.seek(i)
+            durations.append(gif.info["duration"])
+        assert gif.size == (32, 32)
+    assert sum(durations) == 1000 and len(durations) <= 8
+
+
+def metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def weights(run: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(Path(checkpoint.weights_folder(str(run), use_ema=False)) / "diffusion_pytorch_model.safetensors")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> str:
+    return make_dataset(str(tmp_path_factory.mktemp("data") / "ds"), files=2, rows_per_file=8)
+
+
+@pytest.fixture(scope="module")
+def straight_run(data, tmp_path_factory) -> Path:
+    """Eight steps without interruption, a checkpoint every two."""
+    run = tmp_path_factory.mktemp("runs") / "straight"
+    args = ["train", "--config", TINY, "--data", data, "--out", str(run), "--steps", "8", *FAST]
+    out = finish(rdtf(*args, "--set", "run.checkpoint_every=2"))
+    assert "trained steps 0 -> 8" in out
+    return run
+
+
+def test_a_run_writes_checkpoints_metrics_and_tensorboard(straight_run):
+    assert checkpoint.latest_tag(str(straight_run)) == "step-00000008"
+    assert len([p for p in (straight_run / "checkpoints").iterdir() if p.name.startswith("step-")]) == 2  # pruned
+    records = metrics(straight_run)
+    assert [r["step"] for r in records] == list(range(1, 9))
+    assert all(r["task"] in TASKS and r["loss"] > 0 and len(r["sample_ids"]) == 2 for r in records)
+    assert list((straight_run / "tb").iterdir())
+    config = json.loads((straight_run / "config.json").read_text())
+    assert config["config"]["run"]["max_steps"] == 8
+
+
+def test_resume_after_sigkill_repeats_the_uninterrupted_run(data, straight_run, tmp_path):
+    run = tmp_path / "killed"
+    args = ["train", "--config", TINY, "--data", data, "--out", str(run), "--steps", "8", *FAST]
+    process = rdtf(*args, "--set", "run.checkpoint_every=2", start_new_session=True)
+    deadline = time.time() + 240
+    while checkpoint.latest_tag(str(run)) is None and process.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)  # only the process group this test started
+    process.communicate()
+    killed_at = checkpoint.latest_tag(str(run))
+    assert killed_at is not None and killed_at != "step-00000008", "the run finished before it could be killed"
+    out = finish(rdtf(*args, "--set", "run.checkpoint_every=2"))
+    assert f"resumed from step {int(killed_at[5:])}" in out
+    assert metrics(run) == metrics(straight_run)  # same tasks, same batches (sample ids), same losses
+    resumed, straight = weights(run), weights(straight_run)
+    assert resumed.keys() == straight.keys()
+    assert all(torch.equal(resumed[k], straight[k]) for k in straight)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_zero2_take_an_optimizer_step(data, tmp_path):
+    run = tmp_path / "two"
+    launcher = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(_free_port()),
+    ]
+    args = ["train", "--config", TINY, "--data", data, "--out", str(run), "--steps", "1", "--zero-stage", "2", *FAST]
+    out = finish(rdtf(*args, launcher=launcher))
+    assert "trained steps 0 -> 1" in out
+    folder = run / "checkpoints" / "step-00000001"
+    assert (folder / "trainer_state-rank0.pt").is_file() and (folder / "trainer_state-rank1.pt").is_file()
+    assert len(list(folder.glob("*zero_pp_rank_*optim_states.pt"))) == 2  # ZeRO-2 partitions the optimizer
+    states = [torch.load(folder / f"trainer_state-rank{r}.pt", weights_only=False) for r in (0, 1)]
+    assert [s["world_size"] for s in states] == [2, 2]
+    assert len(metrics(run)) == 1
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_sample_writes_an_8_frame_gif_for_every_task(straight_run, task, tmp_path):
+    given = tmp_path / "given.gif"
+    Image.new("RGB", (40, 40), (200, 30, 30)).save(given, save_all=True, append_images=[Image.new("RGB", (40, 40))] * 5)
+    request = SampleRequest(task=task, text="a red square waves", image=str(given), gif=str(given), steps=3)
+    path = sample(str(straight_run), request, str(tmp_path / f"{task}.gif"))
+    assert_plays_8_frames(path)
+
+
+def test_sample_cli_says_what_a_task_needs(straight_run, tmp_path):
+    out = finish(
+        rdtf(
+            "sample",
+            "--checkpoint",
+            str(straight_run),
+            "--task",
+            "t2v",
+            "--text",
+            "hi",
+            "--steps",
+            "2",
+            "--out",
+            str(tmp_path / "a.gif"),
+        )
+    )
+    assert "wrote" in out and (tmp_path / "a.gif").is_file()
+    process = rdtf("sample", "--checkpoint", str(straight_run), "--task", "i2v", "--out", str(tmp_path / "b.gif"))
+    out, _ = process.communicate(timeout=120)
+    assert process.returncode == 2 and "needs --image" in out
+
+
+def test_a_bad_config_fails_naming_the_key(data, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(Path(TINY).read_text() + "\noptim:\n  lr: -1.0\n")
+    process = rdtf("train", "--config", str(bad), "--data", data, "--out", str(tmp_path / "run"))
+    out, _ = process.communicate(timeout=120)
+    assert process.returncode == 2 and "optim.lr" in out
+    process = rdtf("train", "--config", TINY, "--data", data, "--out", str(tmp_path / "run"), "--set", "engine.zero=1")
+    out, _ = process.communicate(timeout=120)
+    assert process.returncode == 2 and "engine.zero" in out

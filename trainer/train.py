@@ -1,0 +1,395 @@
+"""`rdtf train`: DFGN trained with the dual masks, the curriculum and DeepSpeed, in one sitting.
+
+One process by default (CPU, or one GPU); one process per GPU under the `deepspeed` launcher or `torchrun` (their
+RANK / WORLD_SIZE / LOCAL_RANK environment says which). Re-running on a RUN_DIR resumes from its last checkpoint:
+on CPU in fp32 with the same number of processes, the resumed run's losses equal an uninterrupted run's.
+
+The order of `train()`: 1. processes and device, 2. the run folder and config, 3. data, 4. model, text tower,
+codec, noise schedule and curriculum, 5. `deepspeed.initialize`, 6. resume, 7. the loop, 8. the summary.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import deepspeed
+import numpy as np
+import torch
+import torch.distributed as dist
+from diffusers.training_utils import EMAModel
+from tqdm import tqdm
+
+from schemas.config import ConfigError, to_dict
+from schemas.reader import open_dataset
+from trainer import checkpoint
+from trainer.config import TrainConfig
+from trainer.curriculum import Curriculum
+from trainer.data import Batch, ClipLoader, ParquetRows
+from trainer.dfgn import DFGN
+from trainer.diffusion import generate, sample_scheduler, train_scheduler
+from trainer.latents import load_codec
+from trainer.masks import TEXT_ON, condition_mask, frame_mask, masked_mse
+from trainer.media import clip_to_frames, write_gif
+from trainer.text import TextEncoder
+
+METRICS_FILE = "metrics.jsonl"
+
+
+@dataclass
+class TrainSummary:
+    """What one `rdtf train` call did."""
+
+    run_dir: str
+    start_step: int  # 0, or the step it resumed from
+    end_step: int
+    seconds: float
+    samples: int  # clips trained on by all processes
+    data_wait: float  # share of the time the loop waited for data
+    last_loss: float
+    is_main: bool  # rank 0, which prints the summary
+    losses: dict[str, float] = field(default_factory=dict)  # mean loss per task over this call
+
+    def lines(self) -> list[str]:
+        resumed = f" (resumed from step {self.start_step})" if self.start_step else ""
+        rate = self.samples / self.seconds if self.seconds else 0.0
+        lines = [
+            f"trained steps {self.start_step} -> {self.end_step}{resumed} in {self.seconds:.1f} s: "
+            f"{rate:.2f} clips/s, waiting for data {100 * self.data_wait:.1f}% of the time",
+            f"last loss {self.last_loss:.4f}; mean loss per task: "
+            + ", ".join(f"{task} {loss:.4f}" for task, loss in sorted(self.losses.items())),
+            f"checkpoints: {self.run_dir}/{checkpoint.CHECKPOINTS}/ (sample with `rdtf sample --checkpoint "
+            f"{self.run_dir}`), TensorBoard: {self.run_dir}/tb, per-step log: {self.run_dir}/{METRICS_FILE}",
+        ]
+        return lines
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_processes() -> tuple[int, int, torch.device]:
+    """Join the launcher's process group, or make a group of one; returns (rank, world size, device)."""
+    if "RANK" not in os.environ:  # not started by a launcher: a group of one on this machine
+        os.environ.update(
+            {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}
+            | ({} if "MASTER_PORT" in os.environ else {"MASTER_PORT": str(_free_port())})
+        )
+    cuda = torch.cuda.is_available()
+    if not dist.is_initialized():
+        deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo")
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    return dist.get_rank(), dist.get_world_size(), device
+
+
+def deepspeed_config(cfg: TrainConfig, bf16: bool) -> dict[str, Any]:
+    """DeepSpeed's JSON config from ours: ZeRO stage, precision, accumulation, clipping, warmup."""
+    config: dict[str, Any] = {
+        "train_micro_batch_size_per_gpu": cfg.optim.micro_batch,
+        "gradient_accumulation_steps": cfg.optim.grad_accum,
+        "zero_optimization": {"stage": cfg.engine.zero_stage},
+        "bf16": {"enabled": bf16},
+        "zero_allow_untested_optimizer": True,  # torch's AdamW: no CPU-Adam build on CPU machines
+        "steps_per_print": 10**9,  # rdtf logs itself
+    }
+    if cfg.optim.grad_clip > 0:
+        config["gradient_clipping"] = cfg.optim.grad_clip
+    if cfg.optim.warmup_steps > 0:
+        config["scheduler"] = {
+            "type": "WarmupLR",
+            "params": {
+                "warmup_min_lr": 0.0,
+                "warmup_max_lr": cfg.optim.lr,
+                "warmup_num_steps": cfg.optim.warmup_steps,
+                "warmup_type": "linear",
+            },
+        }
+    return config
+
+
+def step_generator(*keys: int) -> torch.Generator:
+    """A generator seeded from (seed, step, micro-batch, rank): every random draw of a step is reproducible after a
+    resume without saving generator states."""
+    seed = int(np.random.SeedSequence(list(keys)).generate_state(1, dtype=np.uint64)[0] >> 1)
+    return torch.Generator().manual_seed(seed)
+
+
+def prepare_run(run_dir: str, cfg: TrainConfig, data: str, rank: int) -> dict[str, Any]:
+    """Write RUN_DIR/config.json, or check that a resumed run keeps the model it was trained with."""
+    resolved = {"config": to_dict(cfg), "data": data}
+    path = os.path.join(run_dir, checkpoint.CONFIG_FILE)
+    if os.path.isfile(path):
+        with open(path) as f:
+            saved = json.load(f)
+        if saved["config"]["model"] != resolved["config"]["model"]:
+            raise ConfigError(
+                f"{run_dir} holds a run of a different model (config key 'model' differs from {path}); "
+                "use a new --out folder, or the same model settings to resume"
+            )
+    dist.barrier()
+    if rank == 0:
+        os.makedirs(run_dir, exist_ok=True)
+        with open(path + ".tmp", "w") as f:
+            json.dump(resolved, f, indent=2)
+        os.replace(path + ".tmp", path)
+    return resolved
+
+
+def training_loss(
+    model: torch.nn.Module,
+    batch: Batch,
+    task: str,
+    cfg: TrainConfig,
+    codec: Any,
+    text_encoder: TextEncoder,
+    noise_scheduler: Any,
+    generator: torch.Generator,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The loss of one micro-batch, with per-clip losses and timesteps for the curriculum.
+
+    Symbols (paper notes): z clean latents, m_frame the loss mask, m_cond the condition mask, c = z * m_cond *
+    m_frame the condition latent, eps the noise, t the timestep, eps_hat the prediction.
+    """
+    b = len(batch)
+    # 1. z, with padded frames zeroed
+    m_frame = frame_mask(batch.num_valid).to(device)
+    z = codec.encode(batch.frames.to(device, dtype), generator).float() * m_frame[:, None, :, None, None]
+    # 2. c: the given frames of the task; image dropout removes them for some clips (makes image guidance possible)
+    m_cond = condition_mask(task, batch.num_valid, generator).to(device)
+    keep_image = (torch.rand(b, generator=generator) >= cfg.diffusion.image_dropout).float().to(device)
+    c = z * (m_cond * keep_image[:, None])[:, None, :, None, None]
+    # 3. text: masked tokens through the frozen tower; the task's input gate and text dropout zero it
+    tokens = text_encoder.mask_tokens(text_encoder.tokenize(batch.captions), cfg.text.token_mask_prob, generator)
+    keep_text = (torch.rand(b, generator=generator) >= cfg.diffusion.text_dropout).float() * float(TEXT_ON[task])
+    text = text_encoder(tokens) * keep_text.to(device, dtype)[:, None, None]
+    # 4. eps, t and the noisy latent
+    eps = torch.randn(z.shape, generator=generator).to(device)
+    t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (b,), generator=generator).to(device)
+    noisy = noise_scheduler.add_noise(z, eps, t)
+    # 5. predict the noise
+    eps_hat = model(noisy.to(dtype), t, text.to(dtype), c.to(dtype)).float()
+    # 6. the loss mask: padded frames never count
+    loss = masked_mse(eps_hat, eps, m_frame, cfg.run.loss_normalize)
+    with torch.no_grad():
+        pairs = zip(eps_hat.split(1), eps.split(1), m_frame.split(1), strict=True)
+        per_clip = torch.stack([masked_mse(p, e, m, cfg.run.loss_normalize) for p, e, m in pairs])
+    return loss, per_clip, t
+
+
+def preview(
+    model: torch.nn.Module,
+    cfg: TrainConfig,
+    codec: Any,
+    text_encoder: TextEncoder,
+    caption: str,
+    latent_shape: tuple[int, ...],
+    device: torch.device,
+    seed: int,
+) -> np.ndarray:
+    """A text-to-GIF sample of the current weights: (f, h, w, 3) uint8. Runs on every rank (ZeRO-3 needs them all)."""
+    text = text_encoder(text_encoder.tokenize([caption]))
+    condition = torch.zeros((1, *latent_shape), device=device)
+    generator = torch.Generator().manual_seed(seed)
+    latents = generate(model, sample_scheduler(cfg.diffusion), text, condition, cfg.diffusion, True, generator)
+    return clip_to_frames(codec.decode(latents.to(device)))[0]
+
+
+def _memory_gib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
+
+
+def train(cfg: TrainConfig, data: str, run_dir: str) -> TrainSummary:
+    """Train (or resume) the run in `run_dir` on the dataset at `data`; see the module docstring for the order."""
+    # -- 1. processes and device -------------------------------------------------------------------------------------
+    rank, world_size, device = init_processes()
+    bf16 = cfg.engine.precision == "bf16" or (cfg.engine.precision == "auto" and device.type == "cuda")
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    is_main = rank == 0
+    seed = cfg.run.seed
+    torch.manual_seed(seed + rank)
+
+    # -- 2. the run folder and its config ---------------------------------------------------------------------------
+    prepare_run(run_dir, cfg, data, rank)
+
+    # -- 3. data: this rank's shards, streamed through a shuffle buffer ---------------------------------------------
+    reader = open_dataset(data)
+    rows = ParquetRows(reader, rank, world_size, seed, cfg.data.read_batch_rows)
+    loader = ClipLoader(rows, cfg.data, cfg.latent.resolution, seed, rank)
+
+    # -- 4. model, frozen text tower and codec, noise schedule, curriculum ------------------------------------------
+    codec = load_codec(cfg.latent, device, dtype)
+    text_encoder = TextEncoder(cfg.text).to(device, dtype)
+    latent_size = cfg.latent.resolution // codec.factor
+    sizes = {"in_channels": codec.channels, "sample_size": latent_size, "encoder_hid_dim": text_encoder.width}
+    model = DFGN(**(cfg.model | sizes))
+    if cfg.engine.gradient_checkpointing:
+        model.enable_gradient_checkpointing()
+    noise_scheduler = train_scheduler(cfg.diffusion)
+    curriculum = Curriculum(cfg.curriculum, seed)
+
+    # -- 5. DeepSpeed: ZeRO, precision, accumulation, clipping, warmup ----------------------------------------------
+    optim = cfg.optim
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=optim.lr, betas=optim.betas, eps=optim.eps, weight_decay=optim.weight_decay
+    )
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=deepspeed_config(cfg, bf16))
+    ema = None
+    if cfg.optim.ema_decay is not None:  # shadow weights in fp32: a bf16 copy would not move at decay 0.9999
+        shadow = [p.detach().float().clone() for p in engine.module.parameters()]
+        ema = EMAModel(shadow, decay=cfg.optim.ema_decay, model_cls=DFGN, model_config=engine.module.config)
+
+    # -- 6. resume: weights, optimizer and lr from DeepSpeed; data position, curriculum and RNG from our state -------
+    step = 0
+    state = checkpoint.load(engine, run_dir)
+    if state is not None:
+        step = state["step"]
+        loader.load_state_dict(state["data"])
+        curriculum.load_state_dict(state["curriculum"])
+        torch.set_rng_state(state["torch_rng"])
+        if ema is not None:
+            ema_dir = os.path.join(run_dir, checkpoint.CHECKPOINTS, checkpoint.tag(step), checkpoint.EMA_DIR)
+            ema = EMAModel.from_pretrained(ema_dir, model_cls=DFGN)
+        _truncate_metrics(run_dir, step, is_main)
+    start_step = step
+
+    # -- 7. the loop ---------------------------------------------------------------------------------------------------
+    tb = _tensorboard(run_dir) if is_main else None
+    bar = tqdm(total=cfg.run.max_steps, initial=step, unit="step", disable=not (is_main and sys.stderr.isatty()))
+    latent_shape = (codec.channels, 8, latent_size, latent_size)
+    started = time.perf_counter()
+    window_start, window_wait, window_clips = started, 0.0, 0
+    total_wait, total_clips, task_losses, last_loss = 0.0, 0, {}, float("nan")
+    engine.train()
+    while step < cfg.run.max_steps:
+        # 7a. the task of this step: the same on every rank
+        task = curriculum.task_for_step(step)
+        ids: list[str] = []
+        step_loss = torch.zeros((), device=device)
+        # 7b. micro-batches: forward, masked loss, backward; DeepSpeed steps the optimizer at the accumulation boundary
+        for micro in range(cfg.optim.grad_accum):
+            waited = time.perf_counter()
+            batch = loader.next_batch(cfg.optim.micro_batch, step, curriculum.sample_weights)
+            window_wait += time.perf_counter() - waited
+            generator = step_generator(seed, step, micro, rank)
+            loss, per_clip, timesteps = training_loss(
+                engine, batch, task, cfg, codec, text_encoder, noise_scheduler, generator, device, dtype
+            )
+            engine.backward(loss)
+            engine.step()
+            curriculum.observe_sample_losses(batch.sample_ids, per_clip.cpu().numpy(), task, timesteps.cpu().numpy())
+            step_loss += loss.detach() / cfg.optim.grad_accum
+            ids += batch.sample_ids
+            window_clips += len(batch) * world_size
+        step += 1
+        if ema is not None:
+            ema.step(engine.module.parameters())
+        # 7c. the curriculum sees the loss averaged over ranks, so every rank keeps the same task weights
+        dist.all_reduce(step_loss)
+        last_loss = step_loss.item() / world_size
+        curriculum.observe_task_loss(task, last_loss)
+        curriculum.sync()
+        task_losses.setdefault(task, []).append(last_loss)
+        bar.update(1)
+        # 7d. logging: a line in metrics.jsonl every step; scalars and a readable line every log_every steps
+        if is_main:
+            _append_metrics(run_dir, {"step": step, "task": task, "loss": last_loss, "sample_ids": ids})
+        if step % cfg.run.log_every == 0 or step == cfg.run.max_steps:
+            elapsed = time.perf_counter() - window_start
+            scalars = {
+                "loss": last_loss,
+                f"loss/{task}": last_loss,
+                "lr": engine.get_lr()[0],
+                "clips_per_s": window_clips / elapsed,
+                "data_wait_fraction": window_wait / elapsed,
+                "memory_gib": _memory_gib(device),
+            } | curriculum.scalars(step - 1)  # the state of the step just trained
+            if tb is not None:
+                for name, value in scalars.items():
+                    tb.add_scalar(name, value, step)
+                tb.add_text("task", task, step)
+                bar.write(
+                    f"step {step}/{cfg.run.max_steps} task {task} loss {last_loss:.4f} lr {scalars['lr']:.2e} "
+                    f"{scalars['clips_per_s']:.2f} clips/s data-wait {100 * scalars['data_wait_fraction']:.0f}% "
+                    f"mem {scalars['memory_gib']:.1f} GiB"
+                )
+            total_wait += window_wait
+            total_clips += window_clips
+            window_start, window_wait, window_clips = time.perf_counter(), 0.0, 0
+        # 7e. a sample GIF of the current weights
+        if cfg.run.sample_every and step % cfg.run.sample_every == 0:
+            frames = preview(engine.module, cfg, codec, text_encoder, batch.captions[0], latent_shape, device, seed)
+            if is_main:
+                path = os.path.join(run_dir, "samples", f"{checkpoint.tag(step)}.gif")
+                write_gif(frames, path)
+                tb.add_images("sample/t2v", frames, step, dataformats="NHWC")
+        # 7f. checkpoints: every rank saves its part; rank 0 prunes old ones
+        if step % cfg.run.checkpoint_every == 0 or step == cfg.run.max_steps:
+            own_state = {
+                "step": step,
+                "data": loader.state_dict(),
+                "curriculum": curriculum.state_dict(),
+                "torch_rng": torch.get_rng_state(),
+            }
+            checkpoint.save(engine, run_dir, step, own_state, ema)
+            if is_main:
+                checkpoint.prune(run_dir, cfg.run.keep_checkpoints)
+            dist.barrier()
+
+    # -- 8. teardown and the summary -----------------------------------------------------------------------------------
+    bar.close()
+    loader.close()
+    if tb is not None:
+        tb.close()
+    seconds = time.perf_counter() - started
+    total_clips += window_clips
+    total_wait += window_wait
+    return TrainSummary(
+        run_dir=run_dir,
+        start_step=start_step,
+        end_step=step,
+        seconds=seconds,
+        samples=total_clips,
+        data_wait=total_wait / seconds if seconds else 0.0,
+        last_loss=last_loss,
+        is_main=is_main,
+        losses={task: float(np.mean(values)) for task, values in task_losses.items()},
+    )
+
+
+def _tensorboard(run_dir: str):
+    from torch.utils.tensorboard import SummaryWriter  # imported here: only rank 0 writes
+
+    return SummaryWriter(os.path.join(run_dir, "tb"))
+
+
+def _append_metrics(run_dir: str, record: dict[str, Any]) -> None:
+    with open(os.path.join(run_dir, METRICS_FILE), "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _truncate_metrics(run_dir: str, step: int, is_main: bool) -> None:
+    """A resumed run re-does the steps after its checkpoint: drop their lines so each step is logged once."""
+    path = os.path.join(run_dir, METRICS_FILE)
+    if not is_main or not os.path.isfile(path):
+        return
+    with open(path) as f:
+        kept = [line for line in f if json.loads(line)["step"] <= step]
+    with open(path + ".tmp", "w") as f:
+        f.writelines(kept)
+    os.replace(path + ".tmp", path)

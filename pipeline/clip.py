@@ -52,14 +52,19 @@ class ClipSetup:
     vocabulary: list[str]
     image_size: int  # the model's square input size, pixels
 
-    def for_cluster(self, gpus: float) -> ClipSetup:
-        """Resolve the `auto` settings for a cluster with `gpus` GPUs: device, precision and pool size."""
+    def for_cluster(self, cpus: float, gpus: float) -> ClipSetup:
+        """Resolve the `auto` settings (device, precision, pool size) for a cluster of `cpus` CPUs and `gpus` GPUs."""
         cfg = self.cfg
         device = cfg.device if cfg.device != "auto" else ("cuda" if gpus > 0 else "cpu")
         if device == "cuda" and gpus == 0:
             raise ConfigError("config key 'clip.device': cuda, but the Ray cluster has no GPU (use auto or cpu)")
         precision = cfg.precision if cfg.precision != "auto" else ("bf16" if device == "cuda" else "fp32")
         pool_size = cfg.pool_size or (max(1, int(gpus // cfg.num_gpus)) if device == "cuda" else 1)
+        if cpus - pool_size * cfg.num_cpus < 1:  # Ray would wait forever for a CPU to decode on
+            raise ConfigError(
+                f"config key 'clip.pool_size': {pool_size} actors of clip.num_cpus={cfg.num_cpus} CPUs would leave "
+                f"less than one of the cluster's {cpus:g} CPUs to the decode tasks: use fewer or smaller actors"
+            )
         return replace(self, cfg=replace(cfg, device=device, precision=precision, pool_size=pool_size))
 
     def card(self) -> dict[str, Any]:
@@ -226,8 +231,18 @@ class ClipStage(Stage):
                 captions.append(" ".join(text.split()))
         return captions
 
+    def _tags(self, sample: np.ndarray) -> list[tuple[str, float]]:
+        """The num_tags most probable vocabulary entries for one sample embedding. One row at a time: a matrix
+        product over the whole batch would round differently with the batch's size."""
+        logits = self.logit_scale * (self.tag_embeddings @ sample)
+        probabilities = np.exp(logits - logits.max())
+        probabilities /= probabilities.sum()
+        top = np.argsort(-probabilities, kind="stable")[: self.cfg.num_tags]
+        return [(self.vocabulary[j], float(probabilities[j])) for j in top]
+
     def _process(self, rows: list[dict[str, Any]]) -> list[dict[str, Any] | Reject]:
-        """The outputs of each row, or the Reject it earned."""
+        """The outputs of each row, or the Reject it earned. Only the model sees the rows together (in passes of a
+        fixed size); everything after it is computed row by row, so that no result depends on the batch."""
         pixels = [row["clip_pixels"] for row in rows]
         offsets = np.cumsum([0] + [len(p) for p in pixels])
         distinct = self._encode_images(np.concatenate(pixels))
@@ -240,13 +255,7 @@ class ClipStage(Stage):
             frame_embeddings.append(frames)
             samples.append(sample)
             representative.append(pixels[r][int(np.argmax(own @ sample))])  # the frame closest to the whole
-        embeddings = np.stack(samples)
-
-        logits = self.logit_scale * embeddings @ self.tag_embeddings.T
-        probabilities = np.exp(logits - logits.max(axis=1, keepdims=True))
-        probabilities /= probabilities.sum(axis=1, keepdims=True)
-        top = np.argsort(-probabilities, axis=1, kind="stable")[:, : self.cfg.num_tags]
-        tags = [[(self.vocabulary[j], float(probabilities[r, j])) for j in top[r]] for r in range(len(rows))]
+        tags = [self._tags(sample) for sample in samples]
 
         captions = [row["caption"] or None for row in rows]
         sources = ["given" if caption else None for caption in captions]
@@ -258,7 +267,7 @@ class ClipStage(Stage):
             else:
                 captions[r] = TAG_PROMPT.format(", ".join(tag for tag, _ in tags[r][:CAPTION_TAGS]))
                 sources[r] = "tags"
-        scores = np.sum(self._encode_texts(captions) * embeddings, axis=1)
+        scores = [float(text @ sample) for text, sample in zip(self._encode_texts(captions), samples, strict=True)]
 
         results: list[dict[str, Any] | Reject] = []
         for r in range(len(rows)):
@@ -269,8 +278,8 @@ class ClipStage(Stage):
                 continue
             results.append(
                 {
-                    "clip_embedding": embeddings[r].astype(np.float16),
-                    "clip_score": float(scores[r]),
+                    "clip_embedding": samples[r].astype(np.float16),
+                    "clip_score": scores[r],
                     "tags": [{"tag": tag, "score": score} for tag, score in tags[r]],
                     "caption": captions[r],
                     "caption_source": sources[r],

@@ -3,8 +3,9 @@
 1. Read sample_id, source_uri and clip_embedding of every row (Ray Data, only those columns).
 2. Cluster: k = ceil(rows / clip.near_duplicate_cluster_rows) centroids by k-means on a sample -- the rows whose
    sample_id (a sha256) falls below a cut: a uniform sample that no scheduling can change -- and every row joins
-   its nearest centroid. With one cluster (up to near_duplicate_cluster_rows rows) the search is exact; with more,
-   a pair split across two clusters is missed, as in SemDeDup (Abbas et al., 2023), which this follows.
+   its nearest centroid. With one cluster (up to near_duplicate_cluster_rows rows) the search is exact and runs on
+   the driver; with more, a pair split across two clusters is missed, as in SemDeDup (Abbas et al., 2023), which
+   this follows.
 3. Within each cluster (a Ray Data groupby), every pair at or above the threshold is an edge; edges are few,
    because near-duplicates are rare, and only they come back to the driver.
 4. Greedily, in order of priority, a row is kept unless it is near a row already kept; it is then dropped, and its
@@ -42,12 +43,13 @@ HASH_SPACE = 16**8  # the first 8 hex digits of a sample_id, as an integer, are 
 # Shuffle partitions of the groupby: one per cluster up to Ray Data's default (200); a partition holds whole clusters.
 MAX_PARTITIONS = 200
 PAIR_CHUNK = 1024  # rows compared with their whole cluster at once: 1024 x 20,000 float32 is 80 MB
+CANDIDATE_MARGIN = 1e-4  # far above float32 rounding of a 512-term dot product of unit vectors (about 1e-6)
 
 
 def embeddings(table: pa.Table) -> np.ndarray:
-    """(n, d) float32 unit rows from a clip_embedding column (float16 lists of equal length), renormalized."""
+    """(n, d) float64 unit rows from a clip_embedding column (float16 lists of equal length), renormalized."""
     column = table.column("clip_embedding").combine_chunks()
-    flat = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
+    flat = column.flatten().to_numpy(zero_copy_only=False).astype(np.float64)
     matrix = flat.reshape(len(column), -1)
     return matrix / np.linalg.norm(matrix, axis=1, keepdims=True)
 
@@ -67,31 +69,34 @@ def _sample(batch: pa.Table, cut: int) -> pa.Table:
     return batch.filter(pa.array(prefixes < cut))
 
 
-def _assign(batch: pa.Table, centroids: np.ndarray | None) -> pa.Table:
-    """Add `cluster`: the nearest centroid of each row (0 for all when there is one cluster)."""
+def _assign(batch: pa.Table, centroids: np.ndarray) -> pa.Table:
+    """Add `cluster`: the nearest centroid of each row."""
     batch = _with_embedding(batch)
-    if centroids is None:
-        nearest = np.zeros(batch.num_rows, dtype=np.int32)
-    else:
-        nearest = np.argmax(embeddings(batch) @ centroids.T, axis=1).astype(np.int32)
+    nearest = np.argmax(embeddings(batch).astype(np.float32) @ centroids.T, axis=1).astype(np.int32)
     return batch.append_column("cluster", pa.array(nearest))
 
 
 def _pairs(group: pa.Table, threshold: float) -> pa.Table:
-    """Every pair of rows of one cluster whose cosine is at or above `threshold`."""
-    vectors = embeddings(group)
+    """Every pair of rows of one cluster whose cosine is at or above `threshold`.
+
+    Candidates come from float32 matrix products, whose rounding depends on the cluster's size; each is then
+    decided by its own float64 dot product, so that a pair's fate depends on the two rows alone.
+    """
+    exact = embeddings(group)
+    vectors = exact.astype(np.float32)
     ids, uris = group.column("sample_id").to_pylist(), group.column("source_uri").to_pylist()
     found: dict[str, list[Any]] = {name: [] for name in EDGE_SCHEMA.names}
     for begin in range(0, len(vectors), PAIR_CHUNK):
         similarity = vectors[begin : begin + PAIR_CHUNK] @ vectors.T
-        rows, columns = np.nonzero(similarity >= threshold)
-        for i, j in zip(rows.tolist(), columns.tolist(), strict=True):
-            if j > begin + i:  # each pair once, never a row with itself
-                found["a"].append(ids[begin + i])
-                found["a_uri"].append(uris[begin + i])
+        rows, columns = np.nonzero(similarity >= threshold - CANDIDATE_MARGIN)
+        for i, j in zip((rows + begin).tolist(), columns.tolist(), strict=True):
+            cosine = float(exact[i] @ exact[j])
+            if j > i and cosine >= threshold:  # each pair once, never a row with itself
+                found["a"].append(ids[i])
+                found["a_uri"].append(uris[i])
                 found["b"].append(ids[j])
                 found["b_uri"].append(uris[j])
-                found["cosine"].append(float(similarity[i, j]))
+                found["cosine"].append(cosine)
     return pa.table(found, schema=EDGE_SCHEMA)
 
 
@@ -103,7 +108,7 @@ def centroids_from_sample(dataset: Any, rows: int, clusters: int) -> np.ndarray:
     sample = dataset.map_batches(_sample, fn_kwargs={"cut": cut}, batch_format="pyarrow")
     batches = list(sample.iter_batches(batch_format="pyarrow", batch_size=None))
     table = pa.concat_tables(batches).sort_by("sample_id")  # an order that no scheduling can change
-    vectors = embeddings(table).astype(np.float64)
+    vectors = embeddings(table)
     found, _ = kmeans2(
         vectors, min(clusters, len(vectors)), iter=KMEANS_ITERATIONS, minit="++", seed=np.random.default_rng(SEED)
     )
@@ -118,9 +123,12 @@ def find_edges(layout: DatasetLayout, threshold: float, cluster_rows: int) -> pa
     rows = sum(pq.ParquetFile(f, filesystem=layout.fs).metadata.num_rows for f in files)
     if rows < 2:
         return EDGE_SCHEMA.empty_table()
-    dataset = ray.data.read_parquet(files, columns=COLUMNS, filesystem=layout.fs)
     clusters = math.ceil(rows / cluster_rows)
-    centroids = centroids_from_sample(dataset, rows, clusters) if clusters > 1 else None
+    if clusters == 1:  # few enough rows to compare here, exactly: a Ray shuffle would cost more than the comparison
+        tables = [pq.read_table(f, columns=COLUMNS, filesystem=layout.fs) for f in files]
+        return _pairs(_with_embedding(pa.concat_tables(tables)), threshold)
+    dataset = ray.data.read_parquet(files, filesystem=layout.fs).select_columns(COLUMNS)
+    centroids = centroids_from_sample(dataset, rows, clusters)
     assigned = dataset.map_batches(_assign, fn_kwargs={"centroids": centroids}, batch_format="pyarrow")
     grouped = assigned.groupby("cluster", num_partitions=min(clusters, MAX_PARTITIONS))
     edges = grouped.map_groups(_pairs, fn_kwargs={"threshold": threshold}, batch_format="pyarrow")

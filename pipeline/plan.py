@@ -66,7 +66,8 @@ def split(stages: list[Stage], input_columns: tuple[str, ...], sink_reads: tuple
     for n, group in enumerate(groups):
         available |= {c for stage in group for c in stage.writes}
         later = {c for g in groups[n + 1 :] for stage in g for c in stage.reads}
-        keep = tuple(sorted(available & (later | set(sink_reads) | set(STATUS_COLUMNS)))) if groups[n + 1 :] else ()
+        wanted = later | set(sink_reads) | set(STATUS_COLUMNS) | {"source_uri"}  # every stage counts rows by it
+        keep = tuple(sorted(available & wanted)) if groups[n + 1 :] else ()
         untyped = [c for c in keep if c not in COLUMN_TYPES]
         if untyped:
             raise ValueError(f"columns {untyped} cross from stage {group[-1].name} to another worker: add their type")
@@ -96,6 +97,7 @@ def _npy(array: np.ndarray) -> bytes:
 def run_leg(table: pa.Table, stages: list[Stage], keep: tuple[str, ...], sink: Any, schema: pa.Schema | None):
     """One block through a leg's stages (and the sink, on the last leg): the next leg's columns, or `schema`'s."""
     needed = {"source_uri", *STATUS_COLUMNS, *(c for s in stages for c in s.reads), *getattr(sink, "reads", ())}
+    needed |= set(schema.names if schema is not None else ())
     batch = {c: _to_python(table.column(c), c) for c in table.column_names if c in needed}
     for stage in stages:
         batch = stage(batch)
@@ -128,25 +130,12 @@ class LegActor:
         return run_leg(table, *self.leg)
 
 
-def run_stages(
-    rows: list[dict[str, Any]],
-    stages: list[Stage],
-    input_columns: tuple[str, ...],
-    sink: Any,
-    schema: pa.Schema,
-    rows_per_task: int,
-) -> Iterator[pa.Table]:
-    """Stream `rows` through the stages on Ray Data; yield the last leg's output (`schema`) as blocks finish.
-
-    Blocks hold at most `rows_per_task` rows (so a shard never holds more), and there are enough of them to keep
-    every CPU busy. `batch_size=None` hands each worker a whole block: a batch size would merge blocks.
-    """
+def map_stages(dataset: Any, stages: list[Stage], input_columns: tuple[str, ...], sink: Any, schema: pa.Schema):
+    """`dataset` (a Ray Dataset holding `input_columns`) through the stages, leg by leg; the last leg (with the sink,
+    if any) outputs `schema`. `batch_size=None` hands each worker a whole block: a batch size would merge blocks."""
     import ray
 
     legs = split(stages, input_columns, tuple(getattr(sink, "reads", schema.names)))
-    cpus = int(ray.cluster_resources().get("CPU", 1))
-    blocks = min(len(rows), max(math.ceil(len(rows) / rows_per_task), TASKS_PER_CPU * cpus))
-    dataset = ray.data.from_items(rows, override_num_blocks=blocks)
     for n, leg in enumerate(legs):
         args = {"stages": leg.stages, "keep": leg.keep, "sink": None, "schema": None}
         if n == len(legs) - 1:
@@ -165,4 +154,27 @@ def run_stages(
             )
         else:
             dataset = dataset.map_batches(run_task_leg, fn_kwargs=args, **common)
-    yield from dataset.iter_batches(batch_format="pyarrow", batch_size=None)
+    return dataset
+
+
+def run_stages(
+    rows: list[dict[str, Any]],
+    stages: list[Stage],
+    input_columns: tuple[str, ...],
+    sink: Any,
+    schema: pa.Schema,
+    rows_per_task: int,
+) -> Iterator[pa.Table]:
+    """Stream `rows` through the stages on Ray Data; yield the last leg's output (`schema`) as blocks finish.
+
+    Blocks hold at most `rows_per_task` rows (so a shard never holds more), and there are enough of them to keep
+    every CPU busy.
+    """
+    import ray
+
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    blocks = min(len(rows), max(math.ceil(len(rows) / rows_per_task), TASKS_PER_CPU * cpus))
+    dataset = ray.data.from_items(rows, override_num_blocks=blocks)
+    yield from map_stages(dataset, stages, input_columns, sink, schema).iter_batches(
+        batch_format="pyarrow", batch_size=None
+    )

@@ -230,7 +230,8 @@ def run_preprocess(
         import ray
 
         if clip is not None:
-            clip = clip.for_cluster(ray.cluster_resources().get("GPU", 0))
+            resources = ray.cluster_resources()
+            clip = clip.for_cluster(resources.get("CPU", 0), resources.get("GPU", 0))
             model, run = clip.weights, clip.cfg
             summary.clip = f"{model.model} ({model.source} weights) on {run.device}, {run.precision}"
             if clip.weights.kind == "random":

@@ -153,8 +153,9 @@ def ray_session(cfg: RayConfig, show_progress: bool) -> Iterator[None]:
 
 
 def _result_settings(config: dict[str, Any]) -> dict[str, Any]:
-    """The config without EXECUTION_KEYS, as the card stores it."""
-    stored = json.loads(json.dumps(config))
+    """The config without EXECUTION_KEYS, as the card stores it. A section the config lacks (a card written before
+    that section existed) reads as its defaults."""
+    stored = json.loads(json.dumps({**to_dict(PreprocessConfig()), **config}))
     for section, keys in EXECUTION_KEYS.items():
         if keys is None:
             stored.pop(section, None)

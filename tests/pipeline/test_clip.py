@@ -5,6 +5,7 @@ Random weights and the project's tiny model (pipeline/clip_configs/rdtf-tiny-cli
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import subprocess
@@ -297,6 +298,25 @@ def test_cuda_without_gpus_is_refused():
     assert (on_gpus.cfg.device, on_gpus.cfg.precision, on_gpus.cfg.pool_size) == ("cuda", "bf16", 4)
     stage = ClipStage(on_gpus.cfg, on_gpus.vocabulary)
     assert (stage.resources.num_gpus, stage.resources.actors) == (0.5, 4)
+
+
+def test_a_dataset_from_before_the_clip_section_resumes_only_without_clip(tmp_path):
+    from pipeline.card import make_card
+    from pipeline.config import PreprocessConfig
+    from pipeline.runner import _check_config
+    from schemas.config import to_dict
+    from schemas.layout import DatasetLayout
+
+    layout = DatasetLayout.at(str(tmp_path / "old"))
+    old = {k: v for k, v in to_dict(PreprocessConfig()).items() if k != "clip"}
+    layout.write_card(make_card(old, "complete", None, None))
+    _check_config(layout, to_dict(PreprocessConfig()), None)  # the stage off: the same settings as then
+    cfg = PreprocessConfig(clip=TINY)
+    with pytest.raises(ConfigError, match="different 'clip' settings"):
+        _check_config(layout, to_dict(cfg), setup_for())
+    resumed = PreprocessConfig(clip=dataclasses.replace(TINY, pool_size=3, num_cpus=0.25))
+    layout.write_card(make_card(to_dict(cfg), "complete", None, None, setup_for().card()))
+    _check_config(layout, to_dict(resumed), setup_for())  # execution settings may differ
 
 
 def test_shipped_vocabulary():

@@ -265,6 +265,7 @@ def train(cfg: TrainConfig, data: str, run_dir: str) -> TrainSummary:
         if ema is not None:
             ema_dir = os.path.join(run_dir, checkpoint.CHECKPOINTS, checkpoint.tag(step), checkpoint.EMA_DIR)
             ema = EMAModel.from_pretrained(ema_dir, model_cls=DFGN)
+            ema.to(device)
         _truncate_metrics(run_dir, step, is_main)
     start_step = step
 
@@ -328,6 +329,7 @@ def train(cfg: TrainConfig, data: str, run_dir: str) -> TrainSummary:
                     f"{scalars['clips_per_s']:.2f} clips/s data-wait {100 * scalars['data_wait_fraction']:.0f}% "
                     f"mem {scalars['memory_gib']:.1f} GiB"
                 )
+                sys.stdout.flush()  # readable as it happens when stdout is a file
             total_wait += window_wait
             total_clips += window_clips
             window_start, window_wait, window_clips = time.perf_counter(), 0.0, 0

@@ -1,6 +1,5 @@
-"""Small curated datasets for trainer tests, written straight to Parquet with the sample schema (no Ray needed).
-
-Each clip is a coloured square moving over white: easy to learn, and every clip differs.
+"""Small curated datasets for trainer tests, written straight to Parquet with the sample schema (no Ray needed),
+and a tiny VAE folder. Each clip is a coloured square moving over white: easy to learn, and every clip differs.
 """
 
 from __future__ import annotations
@@ -71,3 +70,19 @@ def make_dataset(root: str, files: int = 2, rows_per_file: int = 6, size: int = 
         table = pa.Table.from_pylist(rows, schema=SAMPLE_SCHEMA)
         pq.write_table(table, os.path.join(root, DATA_DIR, f"part-{file:03d}.parquet"))
     return root
+
+
+def tiny_vae_folder(path) -> str:
+    """A 2-level AutoencoderKL (factor 2, 4 latent channels) with random weights, saved as a diffusers folder."""
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL(
+        block_out_channels=(8, 16),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=32,
+    )
+    vae.save_pretrained(path)
+    return str(path)

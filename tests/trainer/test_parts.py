@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from dataset_factory import tiny_vae_folder
 from PIL import Image
 
 from schemas.config import ConfigError, from_dict
@@ -62,21 +63,6 @@ def test_text_weights_from_a_local_checkpoint_load(tmp_path, text_encoder):
         clip.transformer(clip.token_embedding(tokens) + clip.positional_embedding, attn_mask=clip.attn_mask)
     )
     torch.testing.assert_close(loaded(tokens), expected)
-
-
-def tiny_vae_folder(path) -> str:
-    from diffusers import AutoencoderKL
-
-    vae = AutoencoderKL(
-        block_out_channels=(8, 16),
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
-        latent_channels=4,
-        norm_num_groups=8,
-        sample_size=32,
-    )
-    vae.save_pretrained(path)
-    return str(path)
 
 
 def test_vae_codec_round_trip_shapes(tmp_path):

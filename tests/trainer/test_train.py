@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import REPO
-from dataset_factory import make_dataset
+from dataset_factory import make_dataset, tiny_vae_folder
 from PIL import Image
 
 from trainer import checkpoint
@@ -23,7 +23,16 @@ from trainer.masks import TASKS
 from trainer.sample import SampleRequest, sample
 
 TINY = str(REPO / "configs" / "tiny.yaml")
-FAST = ["--set", "data.shuffle_buffer=4", "--set", "run.log_every=1", "--micro-batch", "2"]
+FAST = [
+    "--set",
+    "data.shuffle_buffer=4",
+    "--set",
+    "run.log_every=1",
+    "--micro-batch",
+    "2",
+    "--set",
+    "optim.ema_decay=0.9",
+]
 
 
 def rdtf(*args: str, launcher: list[str] | None = None, **popen) -> subprocess.Popen:
@@ -55,10 +64,10 @@ def metrics(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-def weights(run: Path) -> dict[str, torch.Tensor]:
+def weights(run: Path, ema: bool = False) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
-    return load_file(Path(checkpoint.weights_folder(str(run), use_ema=False)) / "diffusion_pytorch_model.safetensors")
+    return load_file(Path(checkpoint.weights_folder(str(run), use_ema=ema)) / "diffusion_pytorch_model.safetensors")
 
 
 @pytest.fixture(scope="module")
@@ -101,9 +110,10 @@ def test_resume_after_sigkill_repeats_the_uninterrupted_run(data, straight_run, 
     out = finish(rdtf(*args, "--set", "run.checkpoint_every=2"))
     assert f"resumed from step {int(killed_at[5:])}" in out
     assert metrics(run) == metrics(straight_run)  # same tasks, same batches (sample ids), same losses
-    resumed, straight = weights(run), weights(straight_run)
-    assert resumed.keys() == straight.keys()
-    assert all(torch.equal(resumed[k], straight[k]) for k in straight)
+    for ema in (False, True):
+        resumed, straight = weights(run, ema), weights(straight_run, ema)
+        assert resumed.keys() == straight.keys()
+        assert all(torch.equal(resumed[k], straight[k]) for k in straight)
 
 
 def _free_port() -> int:
@@ -112,8 +122,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_zero2_take_an_optimizer_step(data, tmp_path):
+def test_two_processes_zero2_take_an_optimizer_step_in_vae_space_with_ema(data, tmp_path):
     run = tmp_path / "two"
+    vae = tiny_vae_folder(tmp_path / "vae")
     launcher = [
         sys.executable,
         "-m",
@@ -124,7 +135,8 @@ def test_two_processes_zero2_take_an_optimizer_step(data, tmp_path):
         str(_free_port()),
     ]
     args = ["train", "--config", TINY, "--data", data, "--out", str(run), "--steps", "1", "--zero-stage", "2", *FAST]
-    out = finish(rdtf(*args, launcher=launcher))
+    vae_and_ema = ["--set", "latent.mode=vae", "--set", f"latent.vae_path={vae}", "--set", "optim.ema_decay=0.9"]
+    out = finish(rdtf(*args, *vae_and_ema, launcher=launcher))
     assert "trained steps 0 -> 1" in out
     folder = run / "checkpoints" / "step-00000001"
     assert (folder / "trainer_state-rank0.pt").is_file() and (folder / "trainer_state-rank1.pt").is_file()
@@ -132,6 +144,8 @@ def test_two_processes_zero2_take_an_optimizer_step(data, tmp_path):
     states = [torch.load(folder / f"trainer_state-rank{r}.pt", weights_only=False) for r in (0, 1)]
     assert [s["world_size"] for s in states] == [2, 2]
     assert len(metrics(run)) == 1
+    assert checkpoint.weights_folder(str(run)).endswith("ema")
+    assert json.loads((folder / "ema" / "config.json").read_text())["in_channels"] == 4  # VAE latents
 
 
 @pytest.mark.parametrize("task", TASKS)

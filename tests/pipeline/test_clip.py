@@ -95,6 +95,17 @@ def test_embeddings_scores_and_tags(stage: ClipStage, clips: list[np.ndarray]):
     assert np.allclose(out["clip_embedding"][0], mean / np.linalg.norm(mean), atol=1e-3)
 
 
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_low_precision_weights_take_inputs_in_their_dtype(precision: str, clips: list[np.ndarray]):
+    """What runs on a GPU by default (bf16 weights, inputs cast on the device), here on the CPU."""
+    low = clip_stage(ClipConfig(model="rdtf-tiny-clip", weights="random", batch_size=8, precision=precision))
+    out = low(batch_of(clips, ["a red square", None, None]))
+    assert out["reject_reason"] == [None, None, None], out["reject_message"]
+    reference = clip_stage()(batch_of(clips, ["a red square", None, None]))
+    for low_embedding, embedding in zip(out["clip_embedding"], reference["clip_embedding"], strict=True):
+        assert float(low_embedding.astype(np.float32) @ embedding.astype(np.float32)) > 0.99
+
+
 def test_caption_sources(stage: ClipStage, clips: list[np.ndarray]):
     out = stage(batch_of(clips, ["a red square", None, ""]))
     assert out["caption_source"] == ["given", "tags", "tags"]

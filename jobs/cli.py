@@ -23,6 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"rdtf {version('rdtf')}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log what every step does")
+    # The deepspeed launcher puts --local_rank=N before the command; the trainer reads LOCAL_RANK from the environment.
+    parser.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     add_preprocess_parser(commands)
     add_train_parser(commands)

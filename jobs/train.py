@@ -59,7 +59,6 @@ def add_train_parser(commands: Any) -> None:
     parser.add_argument(
         "--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="any config key, repeatable"
     )
-    parser.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)  # passed by the deepspeed launcher
     parser.set_defaults(run=run)
 
 

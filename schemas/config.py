@@ -8,6 +8,7 @@ refuses unknown keys and wrong types before any work starts; each dataclass chec
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
@@ -51,6 +52,8 @@ def _convert(value: Any, kind: Any, key: str) -> Any:
         item = args[0] if args else Any
         return origin(_convert(v, item, f"{key}[{i}]") for i, v in enumerate(value))
     if kind is float:
+        if isinstance(value, str) and re.fullmatch(r"[-+]?\d+[eE][-+]?\d+", value):
+            value = float(value)  # YAML 1.1 reads 1e-4 (no dot) as text; anything else textual stays an error
         if not isinstance(value, (int, float)) or isinstance(value, bool):
             raise ConfigError(f"config key '{key}': expected a number, got {value!r}")
         return float(value)

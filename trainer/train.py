@@ -274,7 +274,7 @@ def train(cfg: TrainConfig, data: str, run_dir: str) -> TrainSummary:
     bar = tqdm(total=cfg.run.max_steps, initial=step, unit="step", disable=not (is_main and sys.stderr.isatty()))
     latent_shape = (codec.channels, 8, latent_size, latent_size)
     started = time.perf_counter()
-    window_start, window_wait, window_clips = started, 0.0, 0
+    window_start, window_wait, window_clips, drawn = started, 0.0, 0, []
     total_wait, total_clips, task_losses, last_loss = 0.0, 0, {}, float("nan")
     engine.train()
     while step < cfg.run.max_steps:
@@ -297,6 +297,7 @@ def train(cfg: TrainConfig, data: str, run_dir: str) -> TrainSummary:
             step_loss += loss.detach() / cfg.optim.grad_accum
             ids += batch.sample_ids
             window_clips += len(batch) * world_size
+            drawn += batch.static_difficulty.tolist()
         step += 1
         if ema is not None:
             ema.step(engine.module.parameters())
@@ -324,6 +325,7 @@ def train(cfg: TrainConfig, data: str, run_dir: str) -> TrainSummary:
                 for name, value in scalars.items():
                     tb.add_scalar(name, value, step)
                 tb.add_text("task", task, step)
+                tb.add_histogram("data/static_difficulty_drawn", np.array(drawn), step)
                 bar.write(
                     f"step {step}/{cfg.run.max_steps} task {task} loss {last_loss:.4f} lr {scalars['lr']:.2e} "
                     f"{scalars['clips_per_s']:.2f} clips/s data-wait {100 * scalars['data_wait_fraction']:.0f}% "
@@ -332,7 +334,7 @@ def train(cfg: TrainConfig, data: str, run_dir: str) -> TrainSummary:
                 sys.stdout.flush()  # readable as it happens when stdout is a file
             total_wait += window_wait
             total_clips += window_clips
-            window_start, window_wait, window_clips = time.perf_counter(), 0.0, 0
+            window_start, window_wait, window_clips, drawn = time.perf_counter(), 0.0, 0, []
         # 7e. a sample GIF of the current weights
         if cfg.run.sample_every and step % cfg.run.sample_every == 0:
             frames = preview(engine.module, cfg, codec, text_encoder, batch.captions[0], latent_shape, device, seed)

@@ -12,13 +12,13 @@ sticker corpus beside the checkout (../shared/data/stickers):
 What it measures, each number against a baseline measured in the same run:
 1. Not timed: a curated dataset of the first N shared stickers (`rdtf preprocess` without the CLIP stage).
 2. The stage end to end, REPEATS times: Ray Data reads the dataset's Parquet files (sample_id, frames, caption);
-   CPU tasks decode the stored PNG frames and resize each distinct frame to the model's input size
-   (pipeline.clip.ClipInputStage); a pool of actors runs pipeline.clip.ClipStage (embeddings, CLIP scores, tags,
-   captions; the model loaded once per actor); Ray Data writes the results as Parquet. The legs are those of
-   `rdtf preprocess` (pipeline.plan.map_stages). Timed from the start of the read to the last file written, actor
-   start-up (imports, model load) included; the same pass over the first file only gives that fixed cost, and the
-   work alone is the difference. Images are the distinct frames the encoder sees (a frame held on screen is
-   sampled several times and encoded once). --reads K makes a pass read the files K times, for a longer pass.
+   CPU tasks decode each distinct stored PNG frame once (pipeline.clip.ClipInputStage hands on each distinct
+   frame); a pool of actors runs pipeline.clip.ClipStage (resize to the model's input on its device, embeddings,
+   CLIP scores, tags, captions; the model loaded once per actor); Ray Data writes the results as Parquet. The
+   legs are those of `rdtf preprocess` (pipeline.plan.map_stages). Timed from the start of the read to the last
+   file written, actor start-up (imports, model load) included; the same pass over the first file only gives that
+   fixed cost, and the work alone is the difference. Images are the distinct frames the encoder sees (a frame held
+   on screen is sampled several times and encoded once). --reads K makes a pass read the files K times.
 3. Bare encoding: the same model, weights, batch size and precision in this process, with as many threads as the
    actor pool has CPUs on a CPU: batches of the stickers' own frames, already at the input size, normalized and
    on the device, through `model.encode_image`; warm-up passes, then passes for at least BARE_SECONDS (cuda
@@ -175,14 +175,17 @@ def stage_pass(files: list[str], args: argparse.Namespace, out: Path, cpus: int)
     from schemas.frames import decode_frames
 
     class DecodeStoredFramesStage(Stage):
-        """A dataset's stored frames (PNG) back to arrays."""
+        """A dataset's stored frames (PNG) back to arrays; a frame stored twice (held on screen) is decoded once."""
 
         name = "decode_stored"
         reads = ("encoded_frames",)
         writes = ("frames",)
 
         def process_row(self, row):
-            return {"frames": decode_frames(row["encoded_frames"])}
+            decoded: dict[bytes, np.ndarray] = {}
+            frames = [decoded.get(b) if b in decoded else decoded.setdefault(b, decode_frames([b])[0])
+                      for b in row["encoded_frames"]]  # fmt: skip
+            return {"frames": np.stack(frames)}
 
     cfg = ClipConfig(
         model=args.model,
@@ -196,7 +199,7 @@ def stage_pass(files: list[str], args: argparse.Namespace, out: Path, cpus: int)
         num_gpus=args.actor_gpus,
     )
     setup = prepare(cfg).for_cluster(cpus, ray.cluster_resources().get("GPU", 0))
-    stages = [DecodeStoredFramesStage(), ClipInputStage(setup.image_size), ClipStage(setup.cfg, setup.vocabulary)]
+    stages = [DecodeStoredFramesStage(), ClipInputStage(), ClipStage(setup.cfg, setup.vocabulary)]
     names = ["sample_id", "clip_embedding", "clip_score", "tags", "caption", "caption_source"]
     output = pa.schema([SAMPLE_SCHEMA.field(n) for n in names])
     columns = ("sample_id", "source_uri", "encoded_frames", "caption")

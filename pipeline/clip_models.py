@@ -50,15 +50,6 @@ def register_configs() -> None:
         open_clip.add_model_config(CONFIG_DIR)
 
 
-def image_size(model: str) -> int:
-    """The square input size of `model`'s image tower, from its config (no weights needed)."""
-    import open_clip
-
-    register_configs()
-    size = open_clip.get_model_config(model)["vision_cfg"]["image_size"]
-    return int(size if isinstance(size, int) else size[0])
-
-
 def file_sha256(path: str) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:

@@ -112,7 +112,7 @@ def main_stages(cfg: PreprocessConfig, clip: ClipSetup | None = None) -> list[St
         stages += [KeyframeStage(), EncodeFramesStage()]
     else:
         stages += [
-            ClipInputStage(clip.image_size),
+            ClipInputStage(),
             EncodeFramesStage(),
             ClipStage(clip.cfg, clip.vocabulary),
             KeyframeStage(features="clip"),

@@ -49,10 +49,10 @@ def moving(count: int, colour: tuple[int, int, int], size: int = 96, offset: int
     return frames
 
 
-def batch_of(clips: list[np.ndarray], captions: list[str | None], image_size: int = 64) -> dict[str, list[Any]]:
+def batch_of(clips: list[np.ndarray], captions: list[str | None]) -> dict[str, list[Any]]:
     """The columns the CLIP stage reads, as the CPU leg hands them on."""
     batch: dict[str, list[Any]] = {"source_uri": [f"clip_{i}.gif" for i in range(len(clips))], "frames": clips}
-    batch = ClipInputStage(image_size)(batch)
+    batch = ClipInputStage()(batch)
     batch["caption"] = list(captions)
     return batch
 
@@ -70,9 +70,9 @@ def clips() -> list[np.ndarray]:
 def test_clip_input_sends_each_distinct_frame_once():
     frames = moving(3, (200, 40, 40))
     held = np.stack([frames[0], frames[0], frames[1], frames[0], frames[2], frames[2]])
-    row = ClipInputStage(64)({"source_uri": ["x"], "frames": [held]})
+    row = ClipInputStage()({"source_uri": ["x"], "frames": [held]})
     assert row["reject_reason"] == [None]
-    assert row["clip_pixels"][0].shape == (3, 64, 64, 3) and row["clip_pixels"][0].dtype == np.uint8
+    assert np.array_equal(row["clip_pixels"][0], frames)
     assert row["clip_frame_index"][0] == [0, 0, 1, 0, 2, 2]
 
 
@@ -158,7 +158,7 @@ def test_rejected_rows_pass_through_untouched(stage: ClipStage, clips: list[np.n
 
 def test_a_row_that_fails_becomes_a_reject_and_the_others_go_on(stage: ClipStage, clips: list[np.ndarray]):
     batch = batch_of(clips, [None, None, None])
-    batch["clip_pixels"][1] = np.zeros((2, 10, 10, 3), dtype=np.uint8)  # not the model's input size
+    batch["clip_pixels"][1] = np.zeros((2, 96, 96, 4), dtype=np.uint8)  # four channels: no RGB model takes it
     out = stage(batch)
     assert out["reject_reason"] == [None, "internal_error", None]
     assert out["reject_stage"][1] == "clip" and "please report" in out["reject_message"][1]

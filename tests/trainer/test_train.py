@@ -23,16 +23,8 @@ from trainer.masks import TASKS
 from trainer.sample import SampleRequest, sample
 
 TINY = str(REPO / "configs" / "tiny.yaml")
-FAST = [
-    "--set",
-    "data.shuffle_buffer=4",
-    "--set",
-    "run.log_every=1",
-    "--micro-batch",
-    "2",
-    "--set",
-    "optim.ema_decay=0.9",
-]
+FAST = ["--set", "data.shuffle_buffer=4", "--set", "run.log_every=1", "--micro-batch", "2"]
+FAST += ["--set", "optim.ema_decay=0.9", "--set", "run.sample_every=4", "--set", "diffusion.sample_steps=2"]
 
 
 def rdtf(*args: str, launcher: list[str] | None = None, **popen) -> subprocess.Popen:
@@ -92,6 +84,7 @@ def test_a_run_writes_checkpoints_metrics_and_tensorboard(straight_run):
     assert [r["step"] for r in records] == list(range(1, 9))
     assert all(r["task"] in TASKS and r["loss"] > 0 and len(r["sample_ids"]) == 2 for r in records)
     assert list((straight_run / "tb").iterdir())
+    assert sorted(p.name for p in (straight_run / "samples").iterdir()) == ["step-00000004.gif", "step-00000008.gif"]
     config = json.loads((straight_run / "config.json").read_text())
     assert config["config"]["run"]["max_steps"] == 8
 

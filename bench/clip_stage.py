@@ -94,39 +94,42 @@ def open_clip_model(model: str, weights: str, seed: int, device: str, precision:
     return open_clip.create_model(model, pretrained=pretrained, device=device, precision=precision).eval()
 
 
-def bare_encoding(args: argparse.Namespace, threads: int, paths: list[Path]) -> tuple[float, int, float]:
-    """images/s of `model.encode_image` on ready batches, the images timed, and the first pass's seconds."""
-    import open_clip
-    import torch
+class BareEncoder:
+    """`model.encode_image` on one ready batch (the stickers' frames at the input size, normalized, on the device)."""
 
-    if args.device == "cpu":
-        torch.set_num_threads(threads)
-    model = open_clip_model(args.model, args.weights, args.seed, args.device, args.precision)
-    preprocess = open_clip.get_model_preprocess_cfg(model)
-    size = preprocess["size"] if isinstance(preprocess["size"], int) else preprocess["size"][0]
-    pixels = torch.from_numpy(sample_images(paths, size, args.batch_size)).to(args.device)
-    mean = torch.tensor(preprocess["mean"], device=args.device).view(1, 3, 1, 1)
-    std = torch.tensor(preprocess["std"], device=args.device).view(1, 3, 1, 1)
-    dtype = open_clip.get_input_dtype(args.precision) or torch.float32
-    batch = ((pixels.permute(0, 3, 1, 2).float() / 255 - mean) / std).to(dtype)
+    def __init__(self, args: argparse.Namespace, threads: int, paths: list[Path]):
+        import open_clip
+        import torch
 
-    def sync() -> None:
-        if args.device == "cuda":
-            torch.cuda.synchronize()
-
-    with torch.inference_mode():
+        if args.device == "cpu":
+            torch.set_num_threads(threads)
+        self.torch, self.args = torch, args
+        self.model = open_clip_model(args.model, args.weights, args.seed, args.device, args.precision)
+        preprocess = open_clip.get_model_preprocess_cfg(self.model)
+        size = preprocess["size"] if isinstance(preprocess["size"], int) else preprocess["size"][0]
+        pixels = torch.from_numpy(sample_images(paths, size, args.batch_size)).to(args.device)
+        mean = torch.tensor(preprocess["mean"], device=args.device).view(1, 3, 1, 1)
+        std = torch.tensor(preprocess["std"], device=args.device).view(1, 3, 1, 1)
+        dtype = open_clip.get_input_dtype(args.precision) or torch.float32
+        self.batch = ((pixels.permute(0, 3, 1, 2).float() / 255 - mean) / std).to(dtype)
         start = time.perf_counter()
-        for _ in range(WARMUP_PASSES):
-            model.encode_image(batch)
-        sync()
-        first = (time.perf_counter() - start) / WARMUP_PASSES
+        self.passes(WARMUP_PASSES)
+        self.warmup_s = (time.perf_counter() - start) / WARMUP_PASSES  # seconds per warm-up pass
+
+    def passes(self, count: int) -> None:
+        with self.torch.inference_mode():
+            for _ in range(count):
+                self.model.encode_image(self.batch)
+            if self.args.device == "cuda":
+                self.torch.cuda.synchronize()
+
+    def rate(self) -> float:
+        """images/s over at least 3 passes and BARE_SECONDS."""
         passes, start = 0, time.perf_counter()
         while passes < 3 or time.perf_counter() - start < BARE_SECONDS:
-            model.encode_image(batch)
+            self.passes(1)
             passes += 1
-            sync()
-        seconds = time.perf_counter() - start
-    return passes * args.batch_size / seconds, passes * args.batch_size, first
+        return passes * self.args.batch_size / (time.perf_counter() - start)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -284,14 +287,23 @@ def main(argv: list[str] | None = None) -> int:
         ("model, weights, precision, batch", f"{args.model}, {args.weights}, {args.precision}, {args.batch_size}"),
         ("device", args.device),
     ]
-    bare_rate, bare_images, first = bare_encoding(args, threads, paths)
+    encoder = BareEncoder(args, threads, paths)
+    bare: list[float] = []
     where = f"{threads} threads" if args.device == "cpu" else "1 GPU"
-    rows.append(("bare open_clip encode_image (" + where + ")", f"{bare_rate:,.0f} images/s ({bare_images} images)"))
-    rows.append(("  first passes (warm-up), per pass", f"{first:.2f} s"))
+
+    def each(values: list[float], digits: int = 1) -> str:
+        return ", ".join(f"{v:,.{digits}f}" for v in values)
+
+    def bare_row() -> tuple[str, str]:
+        return (
+            f"bare open_clip encode_image ({where}; timed {REPEATS}x, before each stage pass)",
+            f"{statistics.median(bare):,.1f} images/s (median of {each(bare)}; warm-up {encoder.warmup_s:.2f} s/pass)",
+        )
+
     if ray is None:
-        rows.append(("stage end to end", "not measured: Ray is not installed here (the stage needs ray[data])"))
-        print("\n" + "\n".join(["| what | value |", "|---|---|", *(f"| {w} | {v} |" for w, v in rows)]))
-        return 0
+        bare += [encoder.rate() for _ in range(REPEATS)]
+        rows += [bare_row(), ("stage end to end", "not measured: Ray is not installed here (it needs ray[data])")]
+        return report(rows, args.out_md)
 
     work = Path(tempfile.mkdtemp(prefix="rdtf-bench-clip-"))
     ray_tmpdir = tempfile.mkdtemp(prefix="rdtf-bench-ray-", dir="/tmp")  # short: unix socket paths < 107 chars
@@ -309,16 +321,16 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(("dataset", f"{count} rows in {len(files)} files, {frames}; each pass reads it {args.reads}x"))
         gpus = f" x {args.actor_gpus:g} GPUs" if args.device == "cuda" else ""
         rows.append(("Ray CPUs; actors x CPUs each", f"{args.cpus}; {args.actors} x {args.actor_cpus:g}{gpus}"))
-        passes = [stage_pass(files * args.reads, args, work / f"out-{i}", args.cpus) for i in range(REPEATS)]
-        fixed = [stage_pass(files[:1], args, work / f"first-{i}", args.cpus) for i in range(REPEATS)]
-        whole, small = statistics.median(passes), statistics.median(fixed)
+        passes, fixed = [], []
+        for i in range(REPEATS):  # interleaved, so that a busy spell of a shared machine hits both sides
+            bare.append(encoder.rate())
+            passes.append(stage_pass(files * args.reads, args, work / f"out-{i}", args.cpus))
+            fixed.append(stage_pass(files[:1], args, work / f"first-{i}", args.cpus))
+        whole, small, bare_rate = statistics.median(passes), statistics.median(fixed), statistics.median(bare)
         distinct *= args.reads
         work_rate = (distinct - distinct_first) / (whole - small)
-
-        def each(values: list[float]) -> str:
-            return ", ".join(f"{v:.1f}" for v in values)
-
         rows += [
+            bare_row(),
             ("stage, whole pass", f"{whole:.1f} s = {distinct / whole:,.1f} images/s (median of {each(passes)} s)"),
             (
                 "stage over the first file only (actor start-up, model load)",
@@ -333,10 +345,15 @@ def main(argv: list[str] | None = None) -> int:
             ray.shutdown()
         shutil.rmtree(work, ignore_errors=True)
         shutil.rmtree(ray_tmpdir, ignore_errors=True)
+    return report(rows, args.out_md)
+
+
+def report(rows: Rows, out_md: Path | None) -> int:
+    """Print the markdown table (and write it to `out_md`)."""
     table = "\n".join(["| what | value |", "|---|---|", *(f"| {what} | {value} |" for what, value in rows)])
     print(f"\n{table}")
-    if args.out_md is not None:
-        args.out_md.write_text(table + "\n")
+    if out_md is not None:
+        out_md.write_text(table + "\n")
     return 0
 
 

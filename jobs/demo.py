@@ -31,7 +31,7 @@ def add_demo_parser(commands: Any) -> None:
     parser.add_argument("--out", default="demo_out", help="folder for the corpus and the dataset (demo_out)")
     parser.add_argument("--input", help="a folder of your own stickers instead of the synthetic corpus")
     parser.add_argument("--count", type=int, default=24, help="synthetic stickers to make (24)")
-    parser.add_argument("--train-steps", type=int, default=60, help="CPU training steps of the tiny preset (60)")
+    parser.add_argument("--train-steps", type=int, default=40, help="CPU training steps of the tiny preset (40)")
     parser.set_defaults(run=run)
 
 

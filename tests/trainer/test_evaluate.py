@@ -1,0 +1,135 @@
+"""`trainer.evaluate` on a tiny run trained for 2 steps (in a subprocess, as users train): report keys, determinism,
+the frames that count (given and padded frames never do), and PSNR of identical frames."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import REPO
+from dataset_factory import make_dataset
+
+from trainer.evaluate import FRAME_TASKS, evaluate, frame_scores, scored_mask
+from trainer.masks import TASKS
+
+TINY = str(REPO / "configs" / "tiny.yaml")
+CLIPS = 2
+QUICK = {"clips": CLIPS, "steps": 1, "draws": 1, "batch_size": 1}  # two batches: the batch loop is exercised
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Evaluate on one torch thread: on a busy 2-core machine a second OpenMP thread that loses its core stalls every
+    parallel region (measured: a 7 s evaluation took over 50 s)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> str:
+    return make_dataset(str(tmp_path_factory.mktemp("data") / "ds"), files=1, rows_per_file=6)
+
+
+@pytest.fixture(scope="module")
+def run(data, tmp_path_factory) -> str:
+    out = str(tmp_path_factory.mktemp("runs") / "run")
+    command = [sys.executable, "-m", "jobs.cli", "train", "--config", TINY, "--data", data, "--out", out]
+    command += ["--steps", "2", "--micro-batch", "2", "--set", "data.shuffle_buffer=4"]
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return out
+
+
+@pytest.fixture(scope="module")
+def first(run, data):
+    return evaluate(run, data, **QUICK)
+
+
+def test_report_scores_every_task(first):
+    assert first.checkpoint == "step-00000002" and len(first.sample_ids) == CLIPS
+    assert list(first.loss) == list(TASKS) and all(math.isfinite(v) and v > 0 for v in first.loss.values())
+    assert list(first.psnr) == list(first.ssim) == list(FRAME_TASKS)
+    assert all(math.isfinite(v) for v in first.psnr.values())
+    assert all(-1 <= v <= 1 for v in first.ssim.values())
+    # k = 8: t2v scores all 8 frames, i2v / it2v the 7 after frame 0, the others the 4 frames not given
+    assert first.frames_scored == {
+        "t2v": 8 * CLIPS,
+        "i2v": 7 * CLIPS,
+        "it2v": 7 * CLIPS,
+        "interpolate": 4 * CLIPS,
+        "predict-pre": 4 * CLIPS,
+        "predict-post": 4 * CLIPS,
+    }
+
+
+def test_the_same_arguments_give_the_same_report(first, run, data):
+    again = evaluate(run, data, **QUICK)
+    assert {**again.to_dict(), "seconds": 0} == {**first.to_dict(), "seconds": 0}
+    other_seed = evaluate(run, data, **(QUICK | {"seed": 1}))
+    assert other_seed.loss != first.loss
+    # the loss noise is drawn per clip: batching the clips changes nothing but float rounding
+    batched = evaluate(run, data, **(QUICK | {"batch_size": 2}))
+    assert batched.loss == pytest.approx(first.loss, rel=1e-4)
+
+
+def test_padded_frames_never_count(run, data):
+    report = evaluate(run, data, **(QUICK | {"keyframes": 5}))
+    # 5 valid frames: interpolate gives 0, 2, 4; predict-pre gives 4 (of 4..7); predict-post gives 0..3
+    assert report.frames_scored["interpolate"] == 2 * CLIPS
+    assert report.frames_scored["predict-pre"] == 4 * CLIPS
+    assert report.frames_scored["predict-post"] == 1 * CLIPS
+    assert report.frames_scored["t2v"] == 5 * CLIPS
+
+
+def test_too_few_keyframes_is_refused(run, data):
+    with pytest.raises(ValueError, match="keyframes"):
+        evaluate(run, data, **(QUICK | {"keyframes": 4}))
+
+
+@pytest.mark.parametrize(
+    ("task", "n", "scored"),
+    [
+        ("interpolate", 8, [0, 1, 0, 1, 0, 1, 0, 1]),
+        ("interpolate", 5, [0, 1, 0, 1, 0, 0, 0, 0]),
+        ("predict-pre", 8, [1, 1, 1, 1, 0, 0, 0, 0]),
+        ("predict-pre", 6, [1, 1, 1, 1, 0, 0, 0, 0]),
+        ("predict-post", 8, [0, 0, 0, 0, 1, 1, 1, 1]),
+        ("predict-post", 6, [0, 0, 0, 0, 1, 1, 0, 0]),
+        ("i2v", 5, [0, 1, 1, 1, 1, 0, 0, 0]),
+        ("t2v", 5, [1, 1, 1, 1, 1, 0, 0, 0]),
+    ],
+)
+def test_scored_frames_are_valid_and_not_given(task, n, scored):
+    assert scored_mask(task, torch.tensor([n])).tolist() == [scored]
+
+
+def test_identical_frames_get_the_highest_finite_psnr():
+    rng = np.random.default_rng(0)
+    real = rng.integers(0, 256, (1, 8, 16, 16, 3), dtype=np.uint8)
+    scored = np.ones((1, 8))
+    psnr, ssim = frame_scores(real.copy(), real, scored)
+    ceiling = 10 * math.log10(255**2 * 16 * 16 * 3)  # one level off in one value
+    assert psnr == [pytest.approx(ceiling)] and ssim == [pytest.approx(1.0)]
+    noisy = real.copy()
+    noisy[0, :, 0, 0, 0] ^= 64
+    worse, _ = frame_scores(noisy, real, scored)
+    assert math.isfinite(worse[0]) and worse[0] < ceiling
+
+
+def test_only_scored_frames_count():
+    rng = np.random.default_rng(1)
+    real = rng.integers(0, 256, (2, 8, 16, 16, 3), dtype=np.uint8)
+    generated = real.copy()
+    scored = scored_mask("interpolate", torch.tensor([8, 5])).numpy()
+    generated[scored == 0] = 255 - generated[scored == 0]  # given and padded frames: as wrong as can be
+    psnr, ssim = frame_scores(generated, real, scored)
+    assert psnr == [pytest.approx(10 * math.log10(255**2 * 16 * 16 * 3))] * 2
+    assert ssim == [pytest.approx(1.0)] * 2

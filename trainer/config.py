@@ -21,6 +21,7 @@ class TextConfig:
     model: str = "ViT-B-32"  # an open_clip config name (rdtf-tiny-text is shipped for tests and the demo)
     weights: str = "random"  # a local open_clip checkpoint file, or "random" (tests and demos; warned about)
     token_mask_prob: float = 0.2  # text augmentation: share of caption tokens masked (paper: about 20%)
+    random_seed: int = 0  # random weights come from this seed: every process and `rdtf sample` build the same tower
 
     def __post_init__(self) -> None:
         require(0.0 <= self.token_mask_prob < 1.0, "text.token_mask_prob", "must be in [0, 1)")

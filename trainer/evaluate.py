@@ -152,15 +152,6 @@ def frame_scores(generated: np.ndarray, real: np.ndarray, scored: np.ndarray) ->
     return psnrs, ssims
 
 
-def run_text_encoder(cfg: TrainConfig) -> TextEncoder:
-    """The run's frozen text tower. The run folder keeps no copy of it: with `text.weights: random` its weights come
-    from torch's global generator, which `rdtf train` seeds with run.seed just before building the tower (rank 0's
-    tower; a later rank r used run.seed + r). Seeding the same way here rebuilds that tower exactly."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.run.seed)
-        return TextEncoder(cfg.text)
-
-
 class _Scorer:
     """The run's frozen parts on one device: weights, text tower, codec, noise schedule."""
 
@@ -170,7 +161,7 @@ class _Scorer:
         self.dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
         weights = checkpoint.weights_folder(run_dir, use_ema)
         self.model = DFGN.from_pretrained(weights, torch_dtype=self.dtype).to(device).eval()
-        self.text_encoder = run_text_encoder(cfg).to(device, self.dtype)
+        self.text_encoder = TextEncoder(cfg.text).to(device, self.dtype)  # random weights: from text.random_seed
         self.codec = load_codec(cfg.latent, device, self.dtype)
         self.noise_scheduler = train_scheduler(cfg.diffusion)
 

@@ -48,7 +48,9 @@ class TextEncoder(nn.Module):
         else:
             pretrained = config.weights
         try:
-            clip = open_clip.create_model(config.model, pretrained=pretrained)
+            with torch.random.fork_rng():  # random weights from a fixed seed, not from the caller's RNG state
+                torch.manual_seed(config.random_seed)
+                clip = open_clip.create_model(config.model, pretrained=pretrained)
         except RuntimeError as error:
             raise ConfigError(
                 f"config key 'text.weights': {config.weights} does not fit open_clip model {config.model}: {error}"

@@ -108,7 +108,7 @@ def deepspeed_config(cfg: TrainConfig, bf16: bool) -> dict[str, Any]:
         config["scheduler"] = {
             "type": "WarmupLR",
             "params": {
-                "warmup_min_lr": 0.0,
+                "warmup_min_lr": cfg.optim.lr / cfg.optim.warmup_steps,  # the first step already learns
                 "warmup_max_lr": cfg.optim.lr,
                 "warmup_num_steps": cfg.optim.warmup_steps,
                 "warmup_type": "linear",

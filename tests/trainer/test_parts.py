@@ -30,6 +30,14 @@ def test_text_features_per_token(text_encoder):
     assert not any(p.requires_grad for p in text_encoder.parameters())
 
 
+def test_random_text_weights_come_from_the_seed_not_the_callers_rng(text_encoder):
+    torch.manual_seed(123)
+    again = TextEncoder(TINY_TEXT)
+    assert torch.equal(again.token_embedding.weight, text_encoder.token_embedding.weight)
+    other = TextEncoder(TextConfig(model="rdtf-tiny-text", weights="random", random_seed=1))
+    assert not torch.equal(other.token_embedding.weight, text_encoder.token_embedding.weight)
+
+
 def test_token_masking_spares_start_end_and_padding(text_encoder):
     tokens = text_encoder.tokenize(["one two three four five six seven eight nine ten"] * 50)
     masked = text_encoder.mask_tokens(tokens, 0.2, torch.Generator().manual_seed(0))

@@ -222,7 +222,7 @@ def train(cfg: TrainConfig, data: str, run_dir: str) -> TrainSummary:
     dtype = torch.bfloat16 if bf16 else torch.float32
     is_main = rank == 0
     seed = cfg.run.seed
-    torch.manual_seed(seed + rank)
+    torch.manual_seed(seed)  # the same initial weights on every rank (ZeRO-3 partitions each rank's own copy)
 
     # -- 2. the run folder and its config ---------------------------------------------------------------------------
     prepare_run(run_dir, cfg, data, rank)
@@ -240,6 +240,7 @@ def train(cfg: TrainConfig, data: str, run_dir: str) -> TrainSummary:
     model = DFGN(**(cfg.model | sizes))
     if cfg.engine.gradient_checkpointing:
         model.enable_gradient_checkpointing()
+    torch.manual_seed(seed + rank)  # from here on (dropout, if any) each rank draws its own
     noise_scheduler = train_scheduler(cfg.diffusion)
     curriculum = Curriculum(cfg.curriculum, seed)
 

@@ -34,10 +34,8 @@ import argparse
 import csv
 import datetime
 import os
-import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -56,6 +54,8 @@ TASKS_PER_CPU = 4  # read blocks per CPU, as pipeline.plan cuts the main pass: d
 
 if str(REPO) not in sys.path:  # run as a script from anywhere: the checkout's packages come first
     sys.path.insert(0, str(REPO))
+
+from provenance import code_version, machine  # noqa: E402
 
 Rows = list[tuple[str, str]]
 
@@ -234,33 +234,10 @@ def stage_pass(files: list[str], args: argparse.Namespace, out: Path, cpus: int)
 # The run
 
 
-def machine(device: str) -> str:
-    model = "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
-    except OSError:
-        pass
-    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    text = f"{model}, {os.cpu_count()} cores, {ram:.0f} GiB RAM, {platform.system()} {platform.release()}"
-    if device == "cuda":
-        import torch
+def gpu_name() -> str:
+    import torch
 
-        text += f", {torch.cuda.get_device_name()}"
-    return text
-
-
-def code_version() -> str:
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=True).stdout
-
-    try:
-        commit = git("rev-parse", "--short", "HEAD").strip()
-        status = git("status", "--porcelain", "--untracked-files=no").splitlines()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown (not a git checkout)"
-    changed = [line[3:] for line in status if not line[3:].startswith("bench/")]
-    return commit + (f" with uncommitted changes to {', '.join(changed)}" if changed else "")
+    return torch.cuda.get_device_name()
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -296,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     paths = sticker_paths(args.corpus, args.stickers)
     threads = max(1, int(args.actor_cpus)) * args.actors
     rows: Rows = [
-        ("machine", machine(args.device)),
+        ("machine", machine(gpu_name() if args.device == "cuda" else None)),
         ("date", datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")),
         ("code", code_version()),
         ("load average (1 min) at the start", f"{os.getloadavg()[0]:.2f}"),

@@ -27,7 +27,6 @@ import datetime
 import hashlib
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -51,6 +50,7 @@ GUIDANCE = 1.0
 if str(REPO) not in sys.path:  # run as a script from anywhere: the checkout's packages come first
     sys.path.insert(0, str(REPO))
 
+from provenance import code_version, machine  # noqa: E402
 
 # ----------------------------------------------------------------------------------------------------------------
 # Data: preprocess, then split
@@ -239,33 +239,6 @@ def tables(
     return "\n".join(lines)
 
 
-def machine() -> str:
-    import psutil
-    import torch
-
-    model = "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
-    except OSError:
-        pass
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    ram = psutil.virtual_memory().total / 2**30
-    return f"{model}, {os.cpu_count()} cores, {ram:.0f} GiB RAM, {gpu}, {platform.system()} {platform.release()}"
-
-
-def code_version() -> str:
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=True).stdout
-
-    try:
-        commit = git("rev-parse", "--short", "HEAD").strip()
-        changed = [line[3:] for line in git("status", "--porcelain", "--untracked-files=no").splitlines()]
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown (not a git checkout)"
-    return commit + (f" with uncommitted changes to {', '.join(changed)}" if changed else "")
-
-
 # ----------------------------------------------------------------------------------------------------------------
 
 
@@ -362,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = summarize(reports)
     markdown = tables(summary, baseline, mixes)
     header = [
-        f"machine: {machine()}",
+        f"machine: {machine(torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU')}",
         f"date: {started.strftime('%Y-%m-%d %H:%M UTC')}; code: {code_version()}",
         f"command: {' '.join([Path(sys.executable).name, *sys.argv])}",
         f"preset {args.preset}, {args.steps} steps, seeds {' '.join(map(str, args.seeds))}; clips: {counts['train']} "

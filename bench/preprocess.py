@@ -41,11 +41,9 @@ import csv
 import datetime
 import multiprocessing
 import os
-import platform
 import random
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -69,6 +67,7 @@ BUSY_WORKER = "ray::MapBatches"  # a worker's process title while it runs a pipe
 if str(REPO) not in sys.path:  # run as a script from anywhere: the checkout's packages come first
     sys.path.insert(0, str(REPO))
 
+from provenance import code_version, machine  # noqa: E402
 
 # ----------------------------------------------------------------------------------------------------------------
 # Inputs
@@ -457,32 +456,6 @@ def measure_stages(stickers: list[tuple[Path, str]], count: int, rows_per_shard:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-
-
-def machine() -> str:
-    model = "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
-    except OSError:
-        pass
-    ram = psutil.virtual_memory().total / 2**30
-    return f"{model}, {os.cpu_count()} cores, {ram:.0f} GiB RAM, {platform.system()} {platform.release()}"
-
-
-def code_version() -> str:
-    """The checkout's commit, and whether files other than this benchmark differ from it."""
-
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=True).stdout
-
-    try:
-        commit = git("rev-parse", "--short", "HEAD").strip()
-        status = git("status", "--porcelain", "--untracked-files=no").splitlines()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown (not a git checkout)"
-    changed = [line[3:] for line in status if not line[3:].startswith("bench/")]
-    return f"{commit}" + (f" with uncommitted changes to {', '.join(changed)}" if changed else "")
 
 
 def markdown_table(rows: Rows) -> str:

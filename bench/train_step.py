@@ -30,6 +30,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from diffusers import AutoencoderKL, UNet3DConditionModel  # noqa: E402
+from provenance import code_version, machine  # noqa: E402
 
 from trainer.dfgn import DFGN, read_model_config  # noqa: E402
 from trainer.masks import frame_mask, masked_mse  # noqa: E402
@@ -260,8 +261,14 @@ def main() -> None:
         os.environ.update({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"})
         os.environ.setdefault("MASTER_PORT", "29533")
     torch.manual_seed(0)
-    machine = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
-    results = {"machine": machine, "python": platform.python_version(), "torch": torch.__version__, "args": vars(args)}
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
+    results = {
+        "machine": machine(gpu),
+        "code": code_version(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "args": vars(args),
+    }
     results["models"] = [measure(name, args, device, dtype) for name in [*args.presets, "baseline"]]
     for r in results["models"]:
         print(

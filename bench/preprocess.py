@@ -307,7 +307,7 @@ def time_stages(
     cfg = PreprocessConfig()
     hash_stage = HashStage(cfg.decode.max_file_bytes)
     stages = main_stages(cfg)
-    sink = ShardWriter(str(output), cfg.decode.frame_size)
+    sink = ShardWriter(str(output), cfg.decode.frame_size, "bench")
     seconds: Counter[str] = Counter()
     written = 0
     for stage in [hash_stage, *stages]:

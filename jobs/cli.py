@@ -12,6 +12,7 @@ from jobs.preprocess import add_preprocess_parser
 from jobs.sample import add_sample_parser
 from jobs.train import add_train_parser
 from pipeline.discover import InputError
+from pipeline.lock import OutputLockedError
 from schemas.config import ConfigError
 from schemas.reader import SchemaVersionError
 
@@ -40,7 +41,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return args.run(args)
-    except (ConfigError, InputError, SchemaVersionError, FileNotFoundError) as error:  # the user's to fix
+    except (
+        ConfigError,
+        InputError,
+        SchemaVersionError,
+        FileNotFoundError,
+        OutputLockedError,
+    ) as error:  # the user's to fix
         print(f"rdtf {args.command}: error: {error}", file=sys.stderr)
         return 2
 

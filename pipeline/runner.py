@@ -17,6 +17,7 @@ import json
 import logging
 import sys
 import time
+import uuid
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -40,10 +41,11 @@ from pipeline.filters import EntropyFilterStage, MetadataFilterStage
 from pipeline.hash_inputs import HashStage
 from pipeline.keyframes import KeyframeStage
 from pipeline.ledger import accounted, entries, remove_temp_files
+from pipeline.lock import OutputLock, OutputLockedError
 from pipeline.near_duplicates import drop_rejected_rows, near_duplicate_pass
 from pipeline.plan import run_stages
 from pipeline.stage import STATUS_COLUMNS, Stage, check_chain
-from pipeline.write import EncodeFramesStage, ShardWriter, write_rejects
+from pipeline.write import EncodeFramesStage, ShardWriter, clear_staging, publish, write_rejects
 from schemas.config import ConfigError, to_dict
 from schemas.layout import DatasetLayout
 
@@ -54,7 +56,9 @@ HASH_OUTPUT = pa.schema(
     [("source_uri", pa.string()), ("sample_id", pa.string()), ("num_bytes", pa.int64())]
     + [(c, pa.string()) for c in STATUS_COLUMNS]
 )
-SUMMARY_OUTPUT = pa.schema([("source_uri", pa.string()), ("reject_reason", pa.string()), ("num_bytes", pa.int64())])
+SUMMARY_OUTPUT = pa.schema(
+    [("source_uri", pa.string()), ("reject_reason", pa.string()), ("num_bytes", pa.int64()), ("shard", pa.string())]
+)
 # Settings that change where and how fast the work runs, never its result: an existing dataset may be resumed with
 # other values (section -> keys; None: the whole section).
 EXECUTION_KEYS: dict[str, tuple[str, ...] | None] = {"ray": None, "clip": ("pool_size", "num_cpus", "num_gpus")}
@@ -216,103 +220,116 @@ def run_preprocess(
     if not items:
         raise InputError(f"no inputs found in {inputs} (extensions looked for: {', '.join(cfg.inputs.extensions)})")
     _check_config(layout, config, clip)
-    finished_before = (layout.read_card() or {}).get("status") == "complete"
-    if remove_temp_files(layout):
-        log.info("removed half-written files left by a killed run")
-    if cfg.clip.near_duplicate_threshold is not None and drop_rejected_rows(layout):
-        log.info("finished moving the near-duplicates that a killed run had rejected")
-    done = accounted(layout)
-    todo = [item for item in items if item.source_uri not in done]
-    summary = PreprocessSummary(output, len(items), len(items) - len(todo))
-    log.info("%d inputs, %d already accounted for, %d to do", len(items), summary.already_done, len(todo))
-    layout.write_card(make_card(config, "running", None, None, clip.card() if clip else None))
+    run_id = uuid.uuid4().hex
+    with OutputLock(layout, run_id) as lock:  # one writer per output, from here to the card
+        finished_before = (layout.read_card() or {}).get("status") == "complete"
+        if remove_temp_files(layout):
+            log.info("removed half-written files left by a killed run")
+        clear_staging(layout)  # shards of killed runs that were never published: redone below
+        if cfg.clip.near_duplicate_threshold is not None and drop_rejected_rows(layout):
+            log.info("finished moving the near-duplicates that a killed run had rejected")
+        done = accounted(layout)
+        todo = [item for item in items if item.source_uri not in done]
+        summary = PreprocessSummary(output, len(items), len(items) - len(todo))
+        log.info("%d inputs, %d already accounted for, %d to do", len(items), summary.already_done, len(todo))
+        layout.write_card(make_card(config, "running", None, None, clip.card() if clip else None))
 
-    with ray_session(cfg.ray, show_progress):
-        import ray
+        with ray_session(cfg.ray, show_progress):
+            import ray
 
-        if clip is not None:
-            resources = ray.cluster_resources()
-            clip = clip.for_cluster(resources.get("CPU", 0), resources.get("GPU", 0))
-            model, run = clip.weights, clip.cfg
-            summary.clip = f"{model.model} ({model.source} weights) on {run.device}, {run.precision}"
-            if clip.weights.kind == "random":
-                summary.clip += f" -- WARNING: {RANDOM_WARNING}"
+            if clip is not None:
+                resources = ray.cluster_resources()
+                clip = clip.for_cluster(resources.get("CPU", 0), resources.get("GPU", 0))
+                model, run = clip.weights, clip.cfg
+                summary.clip = f"{model.model} ({model.source} weights) on {run.device}, {run.precision}"
+                if clip.weights.kind == "random":
+                    summary.clip += f" -- WARNING: {RANDOM_WARNING}"
 
-        # 2. Hash pass.
-        hashed = _hash_pass(todo, cfg, show_progress) if todo else []
+            # 2. Hash pass.
+            hashed = _hash_pass(todo, cfg, show_progress) if todo else []
 
-        # 3. Unreadable inputs and duplicates (against everything, including inputs done by earlier runs).
-        wanted = {item.source_uri for item in items}
-        known = {uri: sid for uri, sid in done.items() if uri in wanted and sid is not None}
-        known.update({r["source_uri"]: r["sample_id"] for r in hashed if r["reject_reason"] is None})
-        kept = kept_copies(known)
-        for row in hashed:
-            if row["reject_reason"] is None and kept[row["sample_id"]] != row["source_uri"]:
-                row.update(
-                    reject_reason="duplicate",
-                    reject_stage="dedupe",
-                    reject_message=f"same bytes as {kept[row['sample_id']]}",
-                    kept_sample_id=row["sample_id"],
-                )
-        early = [r for r in hashed if r["reject_reason"] is not None]
-        for begin in range(0, len(early), cfg.ray.rows_per_shard):
-            chunk = early[begin : begin + cfg.ray.rows_per_shard]
-            write_rejects(layout, {c: [r[c] for r in chunk] for c in HASH_OUTPUT.names})
-        summary.rejected.update(r["reject_reason"] for r in early)
+            # 3. Unreadable inputs and duplicates (against everything, including inputs done by earlier runs).
+            wanted = {item.source_uri for item in items}
+            known = {uri: sid for uri, sid in done.items() if uri in wanted and sid is not None}
+            known.update({r["source_uri"]: r["sample_id"] for r in hashed if r["reject_reason"] is None})
+            kept = kept_copies(known)
+            for row in hashed:
+                if row["reject_reason"] is None and kept[row["sample_id"]] != row["source_uri"]:
+                    row.update(
+                        reject_reason="duplicate",
+                        reject_stage="dedupe",
+                        reject_message=f"same bytes as {kept[row['sample_id']]}",
+                        kept_sample_id=row["sample_id"],
+                    )
+            early = [r for r in hashed if r["reject_reason"] is not None]
+            for begin in range(0, len(early), cfg.ray.rows_per_shard):
+                chunk = early[begin : begin + cfg.ray.rows_per_shard]
+                write_rejects(layout, {c: [r[c] for r in chunk] for c in HASH_OUTPUT.names})
+            summary.rejected.update(r["reject_reason"] for r in early)
 
-        # 4. Main pass over the kept copies.
-        by_uri = {item.source_uri: item for item in todo}
-        rows = [
-            {
-                **{c: r[c] for c in ("source_uri", "sample_id", "num_bytes")},
-                "caption": by_uri[r["source_uri"]].caption,
-                "source_id": by_uri[r["source_uri"]].source_id,
-            }
-            for r in hashed
-            if r["reject_reason"] is None
-        ]
-        stages = main_stages(cfg, clip)
-        sink = ShardWriter(output, cfg.decode.frame_size)
-        written_now: set[str] = set()
-        batches = run_stages(rows, stages, INPUT_COLUMNS, sink, SUMMARY_OUTPUT, cfg.ray.rows_per_shard) if rows else []
-        with tqdm(total=len(rows), desc="preprocessing", unit="sticker", disable=not show_progress) as bar:
-            for batch in batches:
-                for uri, reason, size in zip(*(batch[c].to_pylist() for c in SUMMARY_OUTPUT.names), strict=True):
-                    summary.bytes_read += size or 0
-                    if reason is None:
-                        written_now.add(uri)
-                    else:
-                        summary.rejected[reason] += 1
-                bar.update(batch.num_rows)
+            # 4. Main pass over the kept copies.
+            by_uri = {item.source_uri: item for item in todo}
+            rows = [
+                {
+                    **{c: r[c] for c in ("source_uri", "sample_id", "num_bytes")},
+                    "caption": by_uri[r["source_uri"]].caption,
+                    "source_id": by_uri[r["source_uri"]].source_id,
+                }
+                for r in hashed
+                if r["reject_reason"] is None
+            ]
+            stages = main_stages(cfg, clip)
+            sink = ShardWriter(output, cfg.decode.frame_size, run_id)
+            written_now: set[str] = set()
+            published: set[str] = set()  # one entry per shard, not per input
+            batches = (
+                run_stages(rows, stages, INPUT_COLUMNS, sink, SUMMARY_OUTPUT, cfg.ray.rows_per_shard) if rows else []
+            )
+            with tqdm(total=len(rows), desc="preprocessing", unit="sticker", disable=not show_progress) as bar:
+                for batch in batches:
+                    # data/ before rejects/: a run killed between the two redoes only rejects (sorted puts data first)
+                    if lock.lost:
+                        raise OutputLockedError(f"another rdtf preprocess took over {output} while this one ran")
+                    for shard in sorted(set(batch["shard"].to_pylist()) - published):
+                        publish(layout, run_id, shard)
+                        published.add(shard)
+                    for uri, reason, size, _ in zip(*(batch[c].to_pylist() for c in SUMMARY_OUTPUT.names), strict=True):
+                        summary.bytes_read += size or 0
+                        if reason is None:
+                            written_now.add(uri)
+                        else:
+                            summary.rejected[reason] += 1
+                    bar.update(batch.num_rows)
 
-        # 5. Near-duplicates across the whole dataset, when this run added rows or an earlier one did not finish.
-        threshold = cfg.clip.near_duplicate_threshold
-        if clip is not None and threshold is not None and (written_now or not finished_before):
-            moved = near_duplicate_pass(layout, threshold, cfg.clip.near_duplicate_cluster_rows)
-            summary.near_duplicates = len(moved)
-            summary.rejected["near_duplicate"] += len(written_now.intersection(moved))
-            written_now.difference_update(moved)
-        summary.written = len(written_now)
+            # 5. Near-duplicates across the whole dataset, when this run added rows or an earlier one did not finish.
+            threshold = cfg.clip.near_duplicate_threshold
+            if clip is not None and threshold is not None and (written_now or not finished_before):
+                moved = near_duplicate_pass(layout, threshold, cfg.clip.near_duplicate_cluster_rows)
+                summary.near_duplicates = len(moved)
+                summary.rejected["near_duplicate"] += len(written_now.intersection(moved))
+                written_now.difference_update(moved)
+            summary.written = len(written_now)
+        clear_staging(layout, run_id)
 
-    # 6. Account for every input exactly once, then the card.
-    written = entries(layout)
-    present = Counter(uri for uri, _ in written if uri in wanted)
-    missing = [uri for uri in wanted if uri not in present]
-    twice = [uri for uri, n in present.items() if n > 1]
-    if missing or twice:
-        raise RuntimeError(
-            f"accounting check failed: {len(missing)} inputs missing (e.g. {missing[:3]}), "
-            f"{len(twice)} present more than once (e.g. {twice[:3]}). This is a bug in rdtf: please report it."
-        )
-    summary.seconds = time.monotonic() - start
-    last_run = {
-        "inputs": summary.inputs,
-        "already_done": summary.already_done,
-        "written": summary.written,
-        "rejected": dict(summary.rejected),
-        "near_duplicates_moved": summary.near_duplicates,
-        "seconds": round(summary.seconds, 2),
-    }
-    summary.card = make_card(config, "complete", count_outputs(layout), last_run, clip.card() if clip else None)
-    layout.write_card(summary.card)
-    return summary
+        # 6. Account for every input exactly once, then the card.
+        written = entries(layout)
+        present = Counter(uri for uri, _ in written if uri in wanted)
+        missing = [uri for uri in wanted if uri not in present]
+        twice = [uri for uri, n in present.items() if n > 1]
+        if missing or twice:
+            raise RuntimeError(
+                f"accounting check failed: {len(missing)} inputs missing (e.g. {missing[:3]}), "
+                f"{len(twice)} present more than once (e.g. {twice[:3]}). This is a bug in rdtf: please report it."
+            )
+        summary.seconds = time.monotonic() - start
+        last_run = {
+            "inputs": summary.inputs,
+            "already_done": summary.already_done,
+            "written": summary.written,
+            "rejected": dict(summary.rejected),
+            "near_duplicates_moved": summary.near_duplicates,
+            "seconds": round(summary.seconds, 2),
+        }
+        summary.card = make_card(config, "complete", count_outputs(layout), last_run, clip.card() if clip else None)
+        layout.write_card(summary.card)
+        return summary

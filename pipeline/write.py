@@ -1,7 +1,9 @@
 """The end of the pipeline: a batch's rows and rejects become Parquet shards, written atomically.
 
-A shard is named after the inputs in it, so a batch that is processed again (a retried task, a resumed job) writes
-the same file name and replaces, never duplicates. A file appears under its final name only when complete.
+A shard is named after the inputs in it, so a batch that is processed again (a retried task) writes the same file
+name and replaces, never duplicates. A file appears under its final name only when complete. Workers write into
+their run's staging folder; the run's driver publishes each shard into data/ or rejects/ as its summary arrives
+(`publish`), so a late writer of a killed run can never add a row (schemas/layout.py, STAGING_DIR).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from pipeline.stage import Batch, Stage
@@ -18,8 +21,9 @@ from schemas.dataset import REJECT_SCHEMA, SAMPLE_SCHEMA
 from schemas.frames import encode_frame
 from schemas.layout import DATA_DIR, REJECTS_DIR, TEMP_PREFIX, DatasetLayout
 
-# What the driver gets back for each input: enough for progress, the summary and the accounting check.
-SUMMARY_COLUMNS = ("source_uri", "reject_reason", "num_bytes")
+# What the driver gets back for each input: enough for progress, the summary and the accounting check, and the
+# staged shard that holds it ("data/NAME" or "rejects/NAME"), for the driver to publish.
+SUMMARY_COLUMNS = ("source_uri", "reject_reason", "num_bytes", "shard")
 # Written by the CLIP stage when it runs (caption and caption_source too, for inputs without a caption).
 CLIP_COLUMNS = ("clip_embedding", "clip_score", "tags")
 
@@ -30,13 +34,29 @@ def shard_name(source_uris: list[str]) -> str:
     return f"part-{digest}.parquet"
 
 
-def write_table(layout: DatasetLayout, kind: str, name: str, table: pa.Table) -> None:
-    """Write `table` to `kind`/`name` through a temporary file and a rename."""
-    folder = layout.dir(kind)
+def write_table(layout: DatasetLayout, kind: str, name: str, table: pa.Table, run_id: str | None = None) -> None:
+    """Write `table` to `kind`/`name` through a temporary file and a rename; into run `run_id`'s staging folder
+    when given (published later by `publish`)."""
+    root = layout.root if run_id is None else layout.staging_dir(run_id)
+    folder = f"{root}/{kind}"
     layout.fs.create_dir(folder, recursive=True)
     temp = f"{folder}/{TEMP_PREFIX}{name}"
     pq.write_table(table, temp, filesystem=layout.fs, compression="zstd")
     layout.fs.move(temp, f"{folder}/{name}")
+
+
+def publish(layout: DatasetLayout, run_id: str, shard: str) -> None:
+    """Move a staged shard ("data/NAME" or "rejects/NAME") of run `run_id` to its place in the dataset."""
+    kind = shard.split("/", 1)[0]
+    layout.fs.create_dir(layout.dir(kind), recursive=True)
+    layout.fs.move(f"{layout.staging_dir(run_id)}/{shard}", f"{layout.root}/{shard}")
+
+
+def clear_staging(layout: DatasetLayout, run_id: str | None = None) -> None:
+    """Delete run `run_id`'s staging folder, or every run's (at the start of a run: what killed runs left)."""
+    folder = layout.staging_dir(run_id) if run_id else layout.staging_dir("").rstrip("/")
+    if layout.fs.get_file_info(folder).type == pafs.FileType.Directory:
+        layout.fs.delete_dir(folder)
 
 
 def reject_rows(batch: Batch) -> list[dict[str, Any]]:
@@ -112,9 +132,10 @@ def write_rejects(layout: DatasetLayout, batch: Batch) -> None:
 
 
 class ShardWriter:
-    """The pipeline's sink: writes a batch's samples then its rejects, and returns one summary row per input.
+    """The pipeline's sink: writes a batch's samples and its rejects into run `run_id`'s staging folder, and returns
+    one summary row per input, naming the staged shard that holds it.
 
-    Samples are written before rejects: if the job dies between the two, the rejects are simply redone.
+    Samples are published before rejects: if the job dies between the two, the rejects are simply redone.
     """
 
     name = "write"
@@ -126,9 +147,10 @@ class ShardWriter:
         "spatial_entropy", "temporal_entropy", "static_difficulty", *CLIP_COLUMNS,
     )  # fmt: skip
 
-    def __init__(self, output: str, frame_size: int):
+    def __init__(self, output: str, frame_size: int, run_id: str):
         self.output = output
         self.frame_size = frame_size
+        self.run_id = run_id
 
     def __call__(self, batch: Batch) -> Batch:
         layout = DatasetLayout.at(self.output)
@@ -136,8 +158,10 @@ class ShardWriter:
         name = shard_name(uris)
         samples = [sample_row(batch, i, self.frame_size) for i in range(len(uris)) if batch["reject_reason"][i] is None]
         if samples:
-            write_table(layout, DATA_DIR, name, pa.Table.from_pylist(samples, SAMPLE_SCHEMA))
+            write_table(layout, DATA_DIR, name, pa.Table.from_pylist(samples, SAMPLE_SCHEMA), self.run_id)
         rejects = reject_rows(batch)
         if rejects:
-            write_table(layout, REJECTS_DIR, name, pa.Table.from_pylist(rejects, REJECT_SCHEMA))
-        return {column: list(batch[column]) for column in SUMMARY_COLUMNS}
+            write_table(layout, REJECTS_DIR, name, pa.Table.from_pylist(rejects, REJECT_SCHEMA), self.run_id)
+        summary = {column: list(batch[column]) for column in SUMMARY_COLUMNS if column != "shard"}
+        kinds = [REJECTS_DIR if reason is not None else DATA_DIR for reason in batch["reject_reason"]]
+        return summary | {"shard": [f"{kind}/{name}" for kind in kinds]}

@@ -16,6 +16,10 @@ REJECTS_DIR = "rejects"
 CARD_FILE = "card.json"
 # Files being written start with this prefix; readers ignore them and a resumed job deletes them.
 TEMP_PREFIX = ".tmp-"
+# Workers write a run's shards under STAGING_DIR/<run id>/; only that run's live driver moves them into data/ and
+# rejects/. A worker of a killed run that finishes late can only write into its dead run's staging folder, which
+# nothing reads and the next run deletes.
+STAGING_DIR = "_staging"
 
 
 def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
@@ -40,6 +44,10 @@ class DatasetLayout:
     def dir(self, kind: str) -> str:
         """The folder of `kind`, DATA_DIR or REJECTS_DIR."""
         return f"{self.root}/{kind}"
+
+    def staging_dir(self, run_id: str) -> str:
+        """Where run `run_id`'s workers write shards before the driver publishes them."""
+        return f"{self.root}/{STAGING_DIR}/{run_id}"
 
     @property
     def card_path(self) -> str:

@@ -17,7 +17,8 @@ from jobs.corpus import make_corpus
 from pipeline.config import PreprocessConfig, RayConfig
 from pipeline.runner import run_preprocess
 from schemas import REJECT_REASONS, open_dataset
-from schemas.layout import DATA_DIR, REJECTS_DIR, DatasetLayout
+from pipeline.write import ShardWriter
+from schemas.layout import DATA_DIR, REJECTS_DIR, STAGING_DIR, DatasetLayout
 
 pytestmark = pytest.mark.slow
 
@@ -162,3 +163,29 @@ def test_real_stickers(stickers: Path, tmp_path: Path) -> None:
     assert all([len(s) for s in sets] == [3, 4, 5, 6, 7, 8] for sets in table["keyframe_sets"].to_pylist())
     assert all(c for c in table["caption"].to_pylist())  # every manifest line has a text
     assert pa.compute.all(pa.compute.equal(table["frame_size"], 256)).as_py()
+
+
+def test_a_late_writer_of_a_killed_run_adds_nothing(manifest: Path, reference: Path, tmp_path: Path) -> None:
+    """A worker of a killed run that writes after the run died (or while the next run works) changes no row: it
+    writes into its own run's staging folder, which only that run's driver would publish."""
+    out = tmp_path / "late"
+    shutil.copytree(reference, out)
+    before = _rows(out)
+    uri = before[1][0]["source_uri"]  # an input that is a reject in the finished dataset
+    late = ShardWriter(str(out), 256, run_id="killed-run")
+    late(
+        {
+            "source_uri": [uri],
+            "sample_id": [before[1][0]["sample_id"]],
+            "num_bytes": [1],
+            "reject_stage": ["probe"],
+            "reject_reason": ["unsupported_format"],
+            "reject_message": ["written late by a killed run's worker"],
+            "kept_sample_id": [None],
+        }
+    )
+    assert _rows(out) == before
+    summary = run_preprocess([str(manifest)], str(out), _config(2, 3), show_progress=False)
+    assert summary.processed == 0
+    assert _rows(out) == before
+    assert not (out / STAGING_DIR).exists()

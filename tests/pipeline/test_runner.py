@@ -16,8 +16,8 @@ import pytest
 from jobs.corpus import make_corpus
 from pipeline.config import PreprocessConfig, RayConfig
 from pipeline.runner import run_preprocess
-from schemas import REJECT_REASONS, open_dataset
 from pipeline.write import ShardWriter
+from schemas import REJECT_REASONS, open_dataset
 from schemas.layout import DATA_DIR, REJECTS_DIR, STAGING_DIR, DatasetLayout
 
 pytestmark = pytest.mark.slow

@@ -67,6 +67,9 @@ class DiffusionConfig:
     beta_start: float = 0.00085
     beta_end: float = 0.012
     beta_schedule: Literal["linear", "scaled_linear"] = "linear"
+    # What the model predicts: the noise (paper) or v = sqrt(a) * noise - sqrt(1 - a) * x0, which weighs errors of
+    # the clean clip at high noise, where a clip's content is decided, about as much as at low noise (docs/learning.md)
+    prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
     sample_steps: int = 50  # DDIM steps at sampling time
     eta: float = 1.0  # DDIM eta (paper: 1.0)
     text_scale: float = 7.5  # classifier-free guidance on the text

@@ -49,10 +49,15 @@ CONDITION_HEADS, CONDITION_HEAD_DIM = 2, 8  # its per-pixel temporal transformer
 
 
 class ConditionEncoder(nn.Module):
-    """Encodes the condition latent c (b, c, f, h, w): per-frame convs, then attention across frames per pixel.
+    """Encodes the condition latent c (b, c, f, h, w): c + per-pixel temporal attention over per-frame convs of c.
 
     c is already masked by the caller (clean latents of the given frames, zeros elsewhere); the encoder lets every
-    frame see what was given elsewhere in the clip before the UNet's first layer.
+    frame see what was given elsewhere in the clip before the UNet's first layer. The last conv and the attention's
+    output projection start at zero, so a fresh encoder is the identity: conv_in sees each given frame's clean latent
+    beside its noisy one, pixel for pixel, and the learned part grows in from there (as diffusers zero-inits
+    TransformerTemporal-style residual branches). Without the identity the conv stack shrank c about 20-fold and
+    the attention's random output drowned it, and the tiny preset did not learn to use its condition
+    (docs/learning.md).
     """
 
     def __init__(self, channels: int) -> None:
@@ -68,12 +73,15 @@ class ConditionEncoder(nn.Module):
         self.transformer = TransformerTemporalModel(
             CONDITION_HEADS, CONDITION_HEAD_DIM, in_channels=channels, num_layers=1, norm_num_groups=1
         )
+        for layer in (self.convs[-1], self.transformer.proj_out):  # the identity at init (see the docstring)
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
 
     def forward(self, condition: torch.Tensor) -> torch.Tensor:
         """(b, c, f, h, w) -> (b*f, c, h, w), frames folded into the batch as the UNet's layers take them."""
         num_frames = condition.shape[2]
         frames = condition.transpose(1, 2).flatten(0, 1)
-        return self.transformer(self.convs(frames), num_frames=num_frames, return_dict=False)[0]
+        return frames + self.transformer(self.convs(frames), num_frames=num_frames, return_dict=False)[0]
 
 
 class DFGN(ModelMixin, ConfigMixin):

@@ -1,6 +1,7 @@
 """Noise schedules and guided sampling, from diffusers' schedulers (kept apart from the model, as diffusers does).
 
-Training: DDPM forward process, 1000 steps, linear betas 0.00085 -> 0.012, epsilon prediction (paper notes).
+Training: DDPM forward process, 1000 steps, linear betas 0.00085 -> 0.012, epsilon prediction (paper notes; v
+prediction is a setting, `diffusion.prediction_type`).
 Sampling: DDIM, 50 steps, eta 1.0, classifier-free guidance with separate text and image scales (7.5 / 7.5).
 """
 
@@ -18,7 +19,7 @@ def _schedule(config: DiffusionConfig) -> dict:
         "beta_start": config.beta_start,
         "beta_end": config.beta_end,
         "beta_schedule": config.beta_schedule,
-        "prediction_type": "epsilon",
+        "prediction_type": config.prediction_type,
         "clip_sample": False,  # latents are not bounded to [-1, 1]
     }
 
@@ -51,6 +52,9 @@ def guided_noise(
     without given frames keeps only the other term.
     """
     no_text, no_image = torch.zeros_like(text), torch.zeros_like(condition)
+    if (not use_image or image_scale == 1) and (not use_text or text_scale == 1):
+        # every guidance term has weight 1: the sum telescopes to the conditional prediction, one forward pass
+        return model(sample, timestep, text if use_text else no_text, condition if use_image else no_image).float()
     texts, images = [no_text], [no_image]  # e(-, -)
     if use_image:
         texts.append(no_text)
@@ -84,7 +88,8 @@ def generate(
     text_scale: float | None = None,
     image_scale: float | None = None,
 ) -> torch.Tensor:
-    """Denoise from pure noise to latents (b, c, f, h, w) shaped like `condition` (zeros where nothing is given)."""
+    """Denoise from pure noise to latents (b, c, f, h, w) shaped like `condition` (zeros where nothing is given):
+    the last step's estimate of the clean clip."""
     dtype = next(model.parameters()).dtype
     device = condition.device
     use_image = bool(condition.abs().sum() > 0)
@@ -104,5 +109,15 @@ def generate(
             use_text,
             use_image,
         )
-        sample = scheduler.step(noise, t, sample, eta=config.eta, generator=generator).prev_sample
-    return sample
+        step = scheduler.step(noise, t, sample, eta=config.eta, generator=generator)
+        sample = step.prev_sample
+    # The last step's own estimate of the clean clip: prev_sample would add the noise that alphas_cumprod[0] keeps
+    # (std 0.03, a few grey levels in pixel mode) back in.
+    return step.pred_original_sample
+
+
+def training_target(scheduler: DDPMScheduler, clean: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor):
+    """What the model learns to predict from the noisy clip: the noise, or v (diffusers' `get_velocity`)."""
+    if scheduler.config.prediction_type == "v_prediction":
+        return scheduler.get_velocity(clean, noise, timesteps)
+    return noise

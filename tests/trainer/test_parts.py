@@ -10,7 +10,7 @@ from PIL import Image
 
 from schemas.config import ConfigError, from_dict
 from trainer.config import DiffusionConfig, LatentConfig, TextConfig, TrainConfig
-from trainer.diffusion import guided_noise, sample_scheduler, train_scheduler
+from trainer.diffusion import generate, guided_noise, sample_scheduler, train_scheduler
 from trainer.latents import PixelCodec, VaeCodec, load_codec
 from trainer.media import clip_to_frames, frames_to_clip, read_frames, read_image, write_gif
 from trainer.text import MASK_TOKEN_ID, TextEncoder
@@ -151,3 +151,62 @@ def test_train_config_errors_name_the_key():
         TrainConfig()
     with pytest.raises(ConfigError, match="optim.ema_decay"):
         from_dict(TrainConfig, {"model": {"x": 1}, "optim": {"ema_decay": 0.99}, "engine": {"zero_stage": 3}})
+
+
+class _CopyingModel(torch.nn.Module):
+    """An ideal model of a clip whose frames all equal the given one: it predicts the noise that takes `sample` to
+    the nearest given frame, eps = (x_t - sqrt(a_t) * z0) / sqrt(1 - a_t), with z0 copied from the condition."""
+
+    def __init__(self, alphas_cumprod: torch.Tensor):
+        super().__init__()
+        self.alphas_cumprod = alphas_cumprod
+        self.register_buffer("anchor", torch.zeros(()))  # a parameter-like tensor: generate() reads the dtype
+
+    def parameters(self, recurse: bool = True):
+        yield self.anchor
+
+    def forward(self, sample, timestep, text, condition):
+        given = condition.abs().flatten(3).sum(dim=(1, 3)) > 0  # (b, f)
+        z0 = torch.zeros_like(condition)
+        for b in range(len(condition)):
+            sources = torch.nonzero(given[b]).flatten()
+            if len(sources):
+                for f in range(condition.shape[2]):
+                    z0[b, :, f] = condition[b, :, sources[(sources - f).abs().argmin()]]
+        a = self.alphas_cumprod[timestep.long()].to(sample.dtype)[:, None, None, None, None]
+        return (sample - a.sqrt() * z0) / (1 - a).sqrt()
+
+
+def test_the_sampler_puts_a_copying_models_frames_in_the_generated_slots():
+    """With a model that copies its condition, guided DDIM (scales 1) returns the given frames in every slot: the
+    sampler, the schedule and the guidance carry the condition through."""
+    config = DiffusionConfig(sample_steps=20)
+    scheduler = sample_scheduler(config)
+    model = _CopyingModel(scheduler.alphas_cumprod)
+    frame = torch.rand(2, 3, 1, 6, 6) * 2 - 1
+    condition = torch.zeros(2, 3, 8, 6, 6)
+    condition[:, :, 0::2] = frame  # interpolation: frames 0, 2, 4, 6 given
+    generator = torch.Generator().manual_seed(0)
+    text = torch.zeros(2, 5, 4)
+    latents = generate(model, scheduler, text, condition, config, False, generator, text_scale=1.0, image_scale=1.0)
+    torch.testing.assert_close(latents, frame.expand(-1, -1, 8, -1, -1), atol=2e-2, rtol=0)
+
+
+def test_guidance_of_scale_one_is_one_forward_pass():
+    calls = []
+
+    class Counting(_Linear):
+        def forward(self, *args):
+            calls.append(1)
+            return super().forward(*args)
+
+    sample, text, condition, t = (
+        torch.zeros(1, 3, 8, 4, 4),
+        torch.ones(1, 5, 6),
+        torch.ones(1, 3, 8, 4, 4),
+        torch.tensor([3]),
+    )
+    once = guided_noise(Counting(), sample, t, text, condition, 1.0, 1.0, True, True)
+    assert len(calls) == 1
+    # the same as the three-pass formula with both scales 1: e(txt, img) = 3
+    assert torch.allclose(once, torch.full_like(sample, 3.0))

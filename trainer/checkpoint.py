@@ -96,12 +96,15 @@ def load(engine: deepspeed.DeepSpeedEngine, run_dir: str) -> dict[str, Any] | No
     return state
 
 
-def weights_folder(run_dir: str, use_ema: bool = True) -> str:
-    """The diffusers folder of the last checkpoint's weights (its EMA weights when there are some)."""
-    found = latest_tag(run_dir)
+def weights_folder(run_dir: str, use_ema: bool = True, step_tag: str | None = None) -> str:
+    """The diffusers folder of a checkpoint's weights (its EMA weights when there are some): the last one, or the
+    one tagged `step_tag` (e.g. "step-00000100", for learning curves)."""
+    found = step_tag or latest_tag(run_dir)
     if found is None:
         raise FileNotFoundError(f"{run_dir} has no checkpoint yet ({CHECKPOINTS}/{LATEST} is missing)")
     folder = os.path.join(run_dir, CHECKPOINTS, found)
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"{run_dir} has no checkpoint {found} (kept: run.keep_checkpoints)")
     ema = os.path.join(folder, EMA_DIR)
     return ema if use_ema and os.path.isdir(ema) else os.path.join(folder, MODEL_DIR)
 

@@ -27,7 +27,7 @@ from trainer import checkpoint
 from trainer.config import TrainConfig
 from trainer.data import READ_COLUMNS, Batch, collate, decode_clip
 from trainer.dfgn import DFGN
-from trainer.diffusion import generate, sample_scheduler, train_scheduler
+from trainer.diffusion import generate, sample_scheduler, train_scheduler, training_target
 from trainer.latents import load_codec
 from trainer.masks import NUM_FRAMES, TASKS, TEXT_ON, frame_mask, masked_mse
 from trainer.media import clip_to_frames
@@ -66,6 +66,8 @@ class EvalReport:
     ssim: dict[str, float]  # FRAME_TASKS -> mean SSIM of the same frames
     frames_scored: dict[str, int]  # task -> frames that counted, over all clips
     seconds: float
+    # No-model baselines on the same frames: BASELINES name -> {"psnr" | "ssim": FRAME_TASKS -> mean}
+    baselines: dict[str, dict[str, dict[str, float]]] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -78,7 +80,11 @@ class EvalReport:
             f"{self.seconds:.1f} s",
             "denoising loss: " + ", ".join(f"{task} {loss:.4f}" for task, loss in self.loss.items()),
         ]
-        lines += [f"{task}: PSNR {self.psnr[task]:.2f} dB, SSIM {self.ssim[task]:.4f}" for task in self.psnr]
+        for task in self.psnr:
+            line = f"{task}: PSNR {self.psnr[task]:.2f} dB, SSIM {self.ssim[task]:.4f}"
+            for name, scores in self.baselines.items():
+                line += f"; {name} {scores['psnr'][task]:.2f} dB, {scores['ssim'][task]:.4f}"
+            lines.append(line)
         return lines
 
 
@@ -108,6 +114,29 @@ def given_mask(task: str, num_valid: torch.Tensor) -> torch.Tensor:
 def scored_mask(task: str, num_valid: torch.Tensor) -> torch.Tensor:
     """(b, f): the frames a task must produce and that exist, valid and not given; the only frames that count."""
     return frame_mask(num_valid.cpu()) * (1.0 - given_mask(task, num_valid))
+
+
+def copy_nearest(real: np.ndarray, given: np.ndarray) -> np.ndarray:
+    """The copy baseline: every frame replaced by the nearest given frame (the earlier one on a tie).
+
+    real (b, f, h, w, 3) uint8, given (b, f) mask; clips without a given frame are returned unchanged.
+    """
+    out = real.copy()
+    for clip, mask in zip(out, given, strict=True):
+        sources = np.flatnonzero(mask)
+        if len(sources):
+            for f in range(len(clip)):
+                clip[f] = clip[sources[np.argmin(np.abs(sources - f))]]
+    return out
+
+
+def noise_frames(real: np.ndarray, seed: int) -> np.ndarray:
+    """The noise baseline: uniform random uint8 frames shaped like `real`."""
+    return np.random.default_rng(seed).integers(0, 256, real.shape, dtype=np.uint8)
+
+
+# Baselines that need no model, scored on the same frames as the model (EvalReport.baselines).
+BASELINES = ("copy_nearest", "noise")
 
 
 Clip = tuple[dict[str, Any], np.ndarray]  # a dataset row and its decoded keyframes (k, r, r, 3) uint8
@@ -155,11 +184,11 @@ def frame_scores(generated: np.ndarray, real: np.ndarray, scored: np.ndarray) ->
 class _Scorer:
     """The run's frozen parts on one device: weights, text tower, codec, noise schedule."""
 
-    def __init__(self, run_dir: str, cfg: TrainConfig, device: torch.device, use_ema: bool):
+    def __init__(self, run_dir: str, cfg: TrainConfig, device: torch.device, use_ema: bool, tag: str):
         self.cfg = cfg
         self.device = device
         self.dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-        weights = checkpoint.weights_folder(run_dir, use_ema)
+        weights = checkpoint.weights_folder(run_dir, use_ema, tag)
         self.model = DFGN.from_pretrained(weights, torch_dtype=self.dtype).to(device).eval()
         self.text_encoder = TextEncoder(cfg.text).to(device, self.dtype)  # random weights: from text.random_seed
         self.codec = load_codec(cfg.latent, device, self.dtype)
@@ -179,7 +208,8 @@ class _Scorer:
 
     @torch.no_grad()
     def loss(self, task: str, batch: Batch, z: torch.Tensor, seed: int, draws: int) -> list[float]:
-        """Per clip, the masked MSE of the predicted noise on its scored frames, averaged over `draws` (eps, t).
+        """Per clip, the masked MSE of the prediction (noise, or v) on its scored frames, averaged over `draws`
+        (eps, t).
 
         The timesteps are stratified: draw r of a clip lies in the r-th of `draws` equal ranges of [0, T), so every
         clip is scored over the whole noise range with few draws.
@@ -199,9 +229,10 @@ class _Scorer:
         losses = torch.zeros(len(batch), device=self.device)
         for r in range(draws):
             noisy = self.noise_scheduler.add_noise(z, eps_all[:, r], t_all[:, r])
-            eps_hat = self.model(noisy.to(self.dtype), t_all[:, r], text.to(self.dtype), c.to(self.dtype)).float()
+            y = training_target(self.noise_scheduler, z, eps_all[:, r], t_all[:, r])
+            y_hat = self.model(noisy.to(self.dtype), t_all[:, r], text.to(self.dtype), c.to(self.dtype)).float()
             for i in range(len(batch)):
-                losses[i] += masked_mse(eps_hat[i : i + 1], eps_all[i : i + 1, r], scored[i : i + 1]) / draws
+                losses[i] += masked_mse(y_hat[i : i + 1], y[i : i + 1], scored[i : i + 1]) / draws
         return losses.tolist()
 
     def generate(
@@ -245,8 +276,10 @@ def evaluate(
     image_scale: float | None = None,
     use_ema: bool = True,
     device: str | None = None,
+    step_tag: str | None = None,
 ) -> EvalReport:
-    """Score the last checkpoint of `run_dir` on the first `clips` rows of the dataset at `data` (all when None).
+    """Score the last checkpoint of `run_dir` (or the one tagged `step_tag`) on the first `clips` rows of the
+    dataset at `data` (all when None).
 
     1. read and decode k keyframes per clip (the trainer's decoding and padding);
     2. per task: the denoising loss on fixed noise and stratified timesteps, on the frames the task must produce
@@ -264,10 +297,10 @@ def evaluate(
         raise ValueError("clips, steps, draws and batch_size must be at least 1")
     started = time.perf_counter()
     cfg = load_run_config(run_dir)
-    tag = checkpoint.latest_tag(run_dir)
+    tag = step_tag or checkpoint.latest_tag(run_dir)
     target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     batch_size = batch_size or (GPU_BATCH if target.type == "cuda" else CPU_BATCH)
-    scorer = _Scorer(run_dir, cfg, target, use_ema)
+    scorer = _Scorer(run_dir, cfg, target, use_ema, tag)
     scales = (
         cfg.diffusion.text_scale if text_scale is None else text_scale,
         cfg.diffusion.image_scale if image_scale is None else image_scale,
@@ -278,6 +311,7 @@ def evaluate(
     losses: dict[str, list[float]] = {task: [] for task in TASKS}
     psnrs: dict[str, list[float]] = {task: [] for task in FRAME_TASKS}
     ssims: dict[str, list[float]] = {task: [] for task in FRAME_TASKS}
+    base = {name: {"psnr": {t: [] for t in FRAME_TASKS}, "ssim": {t: [] for t in FRAME_TASKS}} for name in BASELINES}
     scored_frames = dict.fromkeys(TASKS, 0)
     for first in range(0, len(decoded), batch_size):
         batch = collate(decoded[first : first + batch_size])
@@ -290,9 +324,16 @@ def evaluate(
         # 3. generated frames against the real ones, on the frames that were not given
         for task in FRAME_TASKS:
             generated = scorer.generate(task, batch, z, generator_for(seed, task, *batch.sample_ids), steps, scales)
-            psnr, ssim = frame_scores(generated, real, scored_mask(task, batch.num_valid).numpy())
+            scored = scored_mask(task, batch.num_valid).numpy()
+            psnr, ssim = frame_scores(generated, real, scored)
             psnrs[task] += psnr
             ssims[task] += ssim
+            given = given_mask(task, batch.num_valid).numpy()
+            made = {"copy_nearest": copy_nearest(real, given), "noise": noise_frames(real, _seed(seed, task, first))}
+            for name, frames in made.items():
+                psnr, ssim = frame_scores(frames, real, scored)
+                base[name]["psnr"][task] += psnr
+                base[name]["ssim"][task] += ssim
 
     return EvalReport(
         run_dir=run_dir,
@@ -310,4 +351,8 @@ def evaluate(
         ssim={task: float(np.mean(values)) for task, values in ssims.items()},
         frames_scored=scored_frames,
         seconds=time.perf_counter() - started,
+        baselines={
+            name: {metric: {t: float(np.mean(v)) for t, v in per_task.items()} for metric, per_task in scores.items()}
+            for name, scores in base.items()
+        },
     )

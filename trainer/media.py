@@ -62,3 +62,21 @@ def read_frames(path: str, size: int, count: int) -> np.ndarray:
         frames = [_on_white(frame, size) for frame in ImageSequence.Iterator(image)]
     picks = np.linspace(0, len(frames) - 1, count).round().astype(int)
     return np.stack([frames[i] for i in picks])
+
+
+GIVEN_BORDER = (255, 0, 160)  # the border of a given (not generated) frame in a grid
+
+
+def frame_grid(rows: list[np.ndarray], given: list[list[int]], scale: int = 2) -> Image.Image:
+    """A picture of clips, one clip (f, h, w, 3) uint8 per row, each frame scaled up `scale` times; the frames
+    listed in `given[row]` get a coloured border, so a reader sees which frames a task was given."""
+    height, width = rows[0].shape[1:3]
+    cell_h, cell_w = scale * height + 4, scale * width + 4
+    grid = Image.new("RGB", (max(len(r) for r in rows) * cell_w, len(rows) * cell_h), (255, 255, 255))
+    for r, clip in enumerate(rows):
+        for c, frame in enumerate(clip):
+            if c in given[r]:
+                grid.paste(GIVEN_BORDER, (c * cell_w, r * cell_h, (c + 1) * cell_w, (r + 1) * cell_h))
+            image = Image.fromarray(frame).resize((scale * width, scale * height), Image.Resampling.NEAREST)
+            grid.paste(image, (c * cell_w + 2, r * cell_h + 2))
+    return grid

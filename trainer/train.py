@@ -32,7 +32,7 @@ from trainer.config import TrainConfig
 from trainer.curriculum import Curriculum
 from trainer.data import Batch, ClipLoader, ParquetRows
 from trainer.dfgn import DFGN
-from trainer.diffusion import generate, sample_scheduler, train_scheduler
+from trainer.diffusion import generate, sample_scheduler, train_scheduler, training_target
 from trainer.latents import load_codec
 from trainer.masks import TEXT_ON, condition_mask, frame_mask, masked_mse
 from trainer.media import clip_to_frames, write_gif
@@ -54,6 +54,7 @@ class TrainSummary:
     last_loss: float
     is_main: bool  # rank 0, which prints the summary
     losses: dict[str, float] = field(default_factory=dict)  # mean loss per task over this call
+    generated_losses: dict[str, float] = field(default_factory=dict)  # the same on the frames to generate only
 
     def lines(self) -> list[str]:
         resumed = f" (resumed from step {self.start_step})" if self.start_step else ""
@@ -63,10 +64,20 @@ class TrainSummary:
             f"{rate:.2f} clips/s, waiting for data {100 * self.data_wait:.1f}% of the time",
             f"last loss {self.last_loss:.4f}; mean loss per task: "
             + ", ".join(f"{task} {loss:.4f}" for task, loss in sorted(self.losses.items())),
+            "mean loss on the frames each task generates (given frames excluded): "
+            + ", ".join(f"{task} {loss:.4f}" for task, loss in sorted(self.generated_losses.items())),
             f"checkpoints: {self.run_dir}/{checkpoint.CHECKPOINTS}/ (sample with `rdtf sample --checkpoint "
             f"{self.run_dir}`), TensorBoard: {self.run_dir}/tb, per-step log: {self.run_dir}/{METRICS_FILE}",
         ]
         return lines
+
+
+@dataclass
+class LossParts:
+    """A micro-batch's loss on the frames to generate and on the given frames (None where it has none)."""
+
+    generated: float | None
+    given: float | None
 
 
 def _free_port() -> int:
@@ -156,11 +167,13 @@ def training_loss(
     generator: torch.Generator,
     device: torch.device,
     dtype: torch.dtype,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The loss of one micro-batch, with per-clip losses and timesteps for the curriculum.
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, LossParts]:
+    """The loss of one micro-batch, with per-clip losses and timesteps for the curriculum, and the loss on the
+    generated and the given frames apart.
 
     Symbols (paper notes): z clean latents, m_frame the loss mask, m_cond the condition mask, c = z * m_cond *
-    m_frame the condition latent, eps the noise, t the timestep, eps_hat the prediction.
+    m_frame the condition latent, eps the noise, t the timestep, y the target (eps, or v with v prediction), y_hat
+    the prediction.
     """
     b = len(batch)
     # 1. z, with padded frames zeroed
@@ -178,14 +191,22 @@ def training_loss(
     eps = torch.randn(z.shape, generator=generator).to(device)
     t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (b,), generator=generator).to(device)
     noisy = noise_scheduler.add_noise(z, eps, t)
-    # 5. predict the noise
-    eps_hat = model(noisy.to(dtype), t, text.to(dtype), c.to(dtype)).float()
+    # 5. predict the noise (or v)
+    y = training_target(noise_scheduler, z, eps, t)
+    y_hat = model(noisy.to(dtype), t, text.to(dtype), c.to(dtype)).float()
     # 6. the loss mask: padded frames never count
-    loss = masked_mse(eps_hat, eps, m_frame, cfg.run.loss_normalize)
+    loss = masked_mse(y_hat, y, m_frame, cfg.run.loss_normalize)
     with torch.no_grad():
-        pairs = zip(eps_hat.split(1), eps.split(1), m_frame.split(1), strict=True)
+        pairs = zip(y_hat.split(1), y.split(1), m_frame.split(1), strict=True)
         per_clip = torch.stack([masked_mse(p, e, m, cfg.run.loss_normalize) for p, e, m in pairs])
-    return loss, per_clip, t
+        # the same loss on the frames the task had to produce and on the frames it was given (whose noise the
+        # condition makes computable): the first says how well the task is learned, the second hides it in `loss`
+        given = m_frame * m_cond * keep_image[:, None]
+        parts = LossParts(
+            generated=masked_mse(y_hat, y, m_frame - given).item() if (m_frame - given).any() else None,
+            given=masked_mse(y_hat, y, given).item() if given.any() else None,
+        )
+    return loss, per_clip, t, parts
 
 
 def preview(
@@ -277,25 +298,30 @@ def train(cfg: TrainConfig, data: str, run_dir: str) -> TrainSummary:
     started = time.perf_counter()
     window_start, window_wait, window_clips, drawn = started, 0.0, 0, []
     total_wait, total_clips, task_losses, last_loss = 0.0, 0, {}, float("nan")
+    generated_losses: dict[str, list[float]] = {}  # task -> loss on the frames it had to produce, per step
     engine.train()
     while step < cfg.run.max_steps:
         # 7a. the task of this step: the same on every rank
         task = curriculum.task_for_step(step)
         ids: list[str] = []
-        step_loss = torch.zeros((), device=device)
+        # loss, then the generated- and given-frame losses as (sum, count) pairs: one all_reduce for all of them
+        step_stats = torch.zeros(5, device=device)
         # 7b. micro-batches: forward, masked loss, backward; DeepSpeed steps the optimizer at the accumulation boundary
         for micro in range(cfg.optim.grad_accum):
             waited = time.perf_counter()
             batch = loader.next_batch(cfg.optim.micro_batch, step, curriculum.sample_weights)
             window_wait += time.perf_counter() - waited
             generator = step_generator(seed, step, micro, rank)
-            loss, per_clip, timesteps = training_loss(
+            loss, per_clip, timesteps, parts = training_loss(
                 engine, batch, task, cfg, codec, text_encoder, noise_scheduler, generator, device, dtype
             )
             engine.backward(loss)
             engine.step()
             curriculum.observe_sample_losses(batch.sample_ids, per_clip.cpu().numpy(), task, timesteps.cpu().numpy())
-            step_loss += loss.detach() / cfg.optim.grad_accum
+            step_stats[0] += loss.detach() / cfg.optim.grad_accum
+            for slot, part in ((1, parts.generated), (3, parts.given)):
+                if part is not None:
+                    step_stats[slot : slot + 2] += torch.tensor([part, 1.0], device=device)
             ids += batch.sample_ids
             window_clips += len(batch) * world_size
             drawn += batch.static_difficulty.tolist()
@@ -303,20 +329,28 @@ def train(cfg: TrainConfig, data: str, run_dir: str) -> TrainSummary:
         if ema is not None:
             ema.step(engine.module.parameters())
         # 7c. the curriculum sees the loss averaged over ranks, so every rank keeps the same task weights
-        dist.all_reduce(step_loss)
-        last_loss = step_loss.item() / world_size
+        dist.all_reduce(step_stats)
+        stats = step_stats.tolist()
+        last_loss = stats[0] / world_size
+        loss_generated = stats[1] / stats[2] if stats[2] else None
+        loss_given = stats[3] / stats[4] if stats[4] else None
         curriculum.observe_task_loss(task, last_loss)
         curriculum.sync()
         task_losses.setdefault(task, []).append(last_loss)
+        if loss_generated is not None:
+            generated_losses.setdefault(task, []).append(loss_generated)
         bar.update(1)
         # 7d. logging: a line in metrics.jsonl every step; scalars and a readable line every log_every steps
         if is_main:
-            _append_metrics(run_dir, {"step": step, "task": task, "loss": last_loss, "sample_ids": ids})
+            record = {"step": step, "task": task, "loss": last_loss, "loss_generated": loss_generated}
+            _append_metrics(run_dir, record | {"loss_given": loss_given, "sample_ids": ids})
         if step % cfg.run.log_every == 0 or step == cfg.run.max_steps:
             elapsed = time.perf_counter() - window_start
             scalars = {
                 "loss": last_loss,
                 f"loss/{task}": last_loss,
+                **({f"loss_generated/{task}": loss_generated} if loss_generated is not None else {}),
+                **({f"loss_given/{task}": loss_given} if loss_given is not None else {}),
                 "lr": engine.get_lr()[0],
                 "clips_per_s": window_clips / elapsed,
                 "data_wait_fraction": window_wait / elapsed,
@@ -374,6 +408,7 @@ def train(cfg: TrainConfig, data: str, run_dir: str) -> TrainSummary:
         last_loss=last_loss,
         is_main=is_main,
         losses={task: float(np.mean(values)) for task, values in task_losses.items()},
+        generated_losses={task: float(np.mean(values)) for task, values in generated_losses.items()},
     )
 
 

@@ -14,7 +14,7 @@ import torch
 from conftest import REPO
 from dataset_factory import make_dataset
 
-from trainer.evaluate import FRAME_TASKS, evaluate, frame_scores, scored_mask
+from trainer.evaluate import FRAME_TASKS, copy_nearest, evaluate, frame_scores, scored_mask
 from trainer.masks import TASKS
 
 TINY = str(REPO / "configs" / "tiny.yaml")
@@ -68,6 +68,17 @@ def test_report_scores_every_task(first):
         "predict-pre": 4 * CLIPS,
         "predict-post": 4 * CLIPS,
     }
+    # the baselines are scored on the same frames: copying a given frame beats noise on these smooth clips
+    assert set(first.baselines) == {"copy_nearest", "noise"}
+    for task in FRAME_TASKS:
+        assert first.baselines["copy_nearest"]["psnr"][task] > first.baselines["noise"]["psnr"][task]
+
+
+def test_copy_nearest_takes_the_closest_given_frame_and_the_earlier_on_a_tie():
+    real = np.arange(8, dtype=np.uint8)[None, :, None, None, None] * np.ones((1, 8, 2, 2, 3), dtype=np.uint8)
+    given = np.array([[1, 0, 0, 1, 0, 0, 0, 1]])  # frames 0, 3, 7
+    copied = copy_nearest(real, given)[0, :, 0, 0, 0]
+    assert copied.tolist() == [0, 0, 3, 3, 3, 3, 7, 7]  # frame 5 is 2 from both 3 and 7: the earlier
 
 
 def test_the_same_arguments_give_the_same_report(first, run, data):

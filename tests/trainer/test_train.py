@@ -74,6 +74,7 @@ def straight_run(data, tmp_path_factory) -> Path:
     args = ["train", "--config", TINY, "--data", data, "--out", str(run), "--steps", "8", *FAST]
     out = finish(rdtf(*args, "--set", "run.checkpoint_every=2"))
     assert "trained steps 0 -> 8" in out
+    assert "mean loss on the frames each task generates (given frames excluded):" in out
     return run
 
 
@@ -83,6 +84,10 @@ def test_a_run_writes_checkpoints_metrics_and_tensorboard(straight_run):
     records = metrics(straight_run)
     assert [r["step"] for r in records] == list(range(1, 9))
     assert all(r["task"] in TASKS and r["loss"] > 0 and len(r["sample_ids"]) == 2 for r in records)
+    # the loss on the frames a task generates and on the frames it was given, apart (none given in t2v)
+    assert all(r["loss_generated"] > 0 for r in records)
+    assert all(r["loss_given"] is None for r in records if r["task"] == "t2v")
+    assert any((r["loss_given"] or 0) > 0 for r in records if r["task"] != "t2v")  # None: image dropout hit all
     assert list((straight_run / "tb").iterdir())
     assert sorted(p.name for p in (straight_run / "samples").iterdir()) == ["step-00000004.gif", "step-00000008.gif"]
     config = json.loads((straight_run / "config.json").read_text())

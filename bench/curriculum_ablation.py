@@ -24,14 +24,10 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import hashlib
 import json
 import os
-import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -41,7 +37,6 @@ REPO = Path(__file__).resolve().parent.parent
 STICKERS = REPO.parent / "shared" / "data" / "stickers"
 PRESETS = {"tiny": REPO / "configs" / "tiny.yaml", "small": REPO / "configs" / "small.yaml"}
 MODES = ("none", "linear", "adaptive")
-HELDOUT_PERCENT = 10  # the issue: about 10% of the clips held out from training
 EVAL_SEED = 0  # the evaluation noise: the same for every run
 # Generation guidance: 1 is the plain conditional prediction, what a model has learnt without extrapolation. The
 # runs' own 7.5 (what `rdtf sample` uses; --guidance 7.5) magnifies the errors of an under-trained model.
@@ -50,80 +45,15 @@ GUIDANCE = 1.0
 if str(REPO) not in sys.path:  # run as a script from anywhere: the checkout's packages come first
     sys.path.insert(0, str(REPO))
 
+from heldout import HELDOUT_PERCENT, is_heldout, preprocess, run_logged, split  # noqa: E402
 from provenance import code_version, machine  # noqa: E402
 
 # ----------------------------------------------------------------------------------------------------------------
 # Data: preprocess, then split
 
 
-def is_heldout(sample_id: str) -> bool:
-    """The split rule: the first 8 bytes of sha256(sample_id) as a number, in the first HELDOUT_PERCENT percent."""
-    value = int.from_bytes(hashlib.sha256(sample_id.encode()).digest()[:8], "big")
-    return value * 100 < HELDOUT_PERCENT * 2**64
-
-
-def preprocess(stickers: Path, out: Path, log: Path) -> None:
-    from schemas.layout import DatasetLayout
-
-    card = DatasetLayout.at(str(out)).read_card()
-    if card is not None and card.get("status") == "complete":
-        return
-    ray_tmpdir = tempfile.mkdtemp(prefix="rdtf-abl-ray-", dir="/tmp")  # short: unix socket paths < 107 chars
-    command = [sys.executable, "-m", "jobs.cli", "preprocess", str(stickers / "manifest.csv"), "--out", str(out)]
-    try:
-        run_logged(command + ["--no-clip", "--no-progress"], log, {"RAY_TMPDIR": ray_tmpdir})
-    finally:
-        shutil.rmtree(ray_tmpdir, ignore_errors=True)
-
-
-def split(full: Path, train: Path, heldout: Path) -> dict[str, int]:
-    """Write the train and held-out datasets (file by file: only one source file in memory); row counts."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
-    from schemas.dataset import SAMPLE_SCHEMA
-    from schemas.layout import DATA_DIR, DatasetLayout
-    from schemas.reader import open_dataset
-
-    source = open_dataset(str(full))
-    counts = {"train": 0, "heldout": 0}
-    for root in (train, heldout):
-        shutil.rmtree(root, ignore_errors=True)
-        (root / DATA_DIR).mkdir(parents=True)
-    for path in source.sample_files:
-        table = pq.read_table(path)
-        if not table.schema.equals(SAMPLE_SCHEMA):
-            raise ValueError(f"{path} does not have the sample schema of this rdtf")
-        held = pa.array([is_heldout(s) for s in table.column("sample_id").to_pylist()])
-        for name, root, rows in (
-            ("heldout", heldout, table.filter(held)),
-            ("train", train, table.filter(pc.invert(held))),
-        ):
-            if rows.num_rows:
-                rows = rows.replace_schema_metadata(SAMPLE_SCHEMA.metadata)
-                pq.write_table(rows, str(root / DATA_DIR / Path(path).name))
-                counts[name] += rows.num_rows
-    rule = f"held out when sha256(sample_id)[:8 bytes] < {HELDOUT_PERCENT}% of 2^64 (bench/curriculum_ablation.py)"
-    for name, root in (("train", train), ("heldout", heldout)):
-        card = source.card | {"counts": {"rows": counts[name]}, "split": {"of": str(full), "part": name, "rule": rule}}
-        DatasetLayout.at(str(root)).write_card(card)
-    return counts
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Training and evaluation
-
-
-def run_logged(command: list[str], log: Path, env: dict[str, str] | None = None) -> float:
-    """Run `command` from the repository root with its output in `log`; seconds taken. Raises with the log's tail."""
-    started = time.perf_counter()
-    with open(log, "w") as f:
-        done = subprocess.run(command, cwd=REPO, env={**os.environ, **(env or {})}, stdout=f, stderr=subprocess.STDOUT)
-    if done.returncode != 0:
-        tail = "".join(log.read_text().splitlines(keepends=True)[-30:])
-        raise RuntimeError(f"{' '.join(command)} failed (exit {done.returncode}); end of {log}:\n{tail}")
-    return time.perf_counter() - started
 
 
 def train_command(args: argparse.Namespace, data: Path, run: Path, mode: str, seed: int) -> list[str]:
@@ -153,28 +83,6 @@ def task_mix(run: Path) -> dict[str, int]:
     with open(run / "metrics.jsonl") as f:
         counts = Counter(json.loads(line)["task"] for line in f)
     return {task: counts.get(task, 0) for task in TASKS}
-
-
-def copy_baseline(heldout: Path, count: int | None, resolution: int) -> dict[str, dict[str, float]]:
-    """No model: every frame not given is a copy of the nearest given frame (the earlier one on a tie), scored on
-    the clips the runs are scored on."""
-    import numpy as np
-    import torch
-
-    from trainer.evaluate import FRAME_TASKS, frame_scores, given_mask, read_clips, scored_mask
-    from trainer.masks import NUM_FRAMES
-
-    clips = read_clips(str(heldout), count, NUM_FRAMES, resolution)
-    real = np.stack([pixels for _, pixels in clips])  # k = 8: no padding
-    num_valid = torch.full((len(clips),), NUM_FRAMES)
-    scores: dict[str, dict[str, float]] = {"psnr": {}, "ssim": {}}
-    for task in FRAME_TASKS:
-        given = np.flatnonzero(given_mask(task, num_valid)[0].numpy())
-        nearest = [int(given[np.argmin(np.abs(given - f))]) for f in range(NUM_FRAMES)]
-        psnr, ssim = frame_scores(real[:, nearest], real, scored_mask(task, num_valid).numpy())
-        scores["psnr"][task] = float(np.mean(psnr))
-        scores["ssim"][task] = float(np.mean(ssim))
-    return scores
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -291,8 +199,6 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.update({"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "RAY_USAGE_STATS_ENABLED": "0"})
     import torch
 
-    from schemas.config import load
-    from trainer.config import TrainConfig
     from trainer.evaluate import evaluate
 
     torch.set_num_threads(args.threads)
@@ -301,8 +207,10 @@ def main(argv: list[str] | None = None) -> int:
     out: Path = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     print(f"preprocessing {args.stickers} into {out / 'full'}", flush=True)
-    preprocess(args.stickers, out / "full", out / "preprocess.log")
-    counts = split(out / "full", out / "train", out / "heldout")
+    preprocess(args.stickers / "manifest.csv", out / "full", out / "preprocess.log")
+    rule = f"held out when sha256(sample_id)[:8 bytes] < {HELDOUT_PERCENT}% of 2^64 (bench/heldout.py)"
+    parts = {"train": out / "train", "heldout": out / "heldout"}
+    counts = split(out / "full", parts, lambda row: "heldout" if is_heldout(row["sample_id"]) else "train", rule)
     print(f"split: {counts['train']} clips to train on, {counts['heldout']} held out", flush=True)
 
     runs: list[dict[str, Any]] = []
@@ -330,8 +238,7 @@ def main(argv: list[str] | None = None) -> int:
             trained = f"trained in {train_s:.0f} s" if train_s is not None else "already trained"
             print(f"{run.name}: {trained}; " + "; ".join(report.lines()[1:]), flush=True)
 
-    resolution = load(TrainConfig, str(PRESETS[args.preset])).latent.resolution
-    baseline = copy_baseline(out / "heldout", args.eval_clips or None, resolution)
+    baseline = runs[0]["eval"]["baselines"]["copy_nearest"]  # every run is scored on the same clips
     summary = summarize(reports)
     markdown = tables(summary, baseline, mixes)
     header = [

@@ -27,8 +27,12 @@ def add_sample_parser(commands: Any) -> None:
     parser.add_argument("--out", required=True, metavar="OUT.gif")
     parser.add_argument("--steps", type=int, help="DDIM steps (the run's diffusion.sample_steps, 50)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--text-scale", type=float, help="text guidance (diffusion.text_scale, 7.5)")
-    parser.add_argument("--image-scale", type=float, help="image guidance (diffusion.image_scale, 7.5)")
+    parser.add_argument(
+        "--text-scale", type=float, help="text guidance (default: the run's diffusion.text_scale; tiny 1, paper 7.5)"
+    )
+    parser.add_argument(
+        "--image-scale", type=float, help="image guidance (default: the run's diffusion.image_scale; tiny 1, paper 7.5)"
+    )
     parser.add_argument("--no-ema", action="store_true", help="use the raw weights even when EMA weights exist")
     parser.set_defaults(run=run, parser=parser)
 

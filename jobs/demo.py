@@ -101,4 +101,5 @@ def show_interpolation(dataset: str, run_dir: str, out: str) -> tuple[str, str]:
     picture = os.path.join(out, "interpolation.png")
     frame_grid([real, generated], [[], GIVEN["interpolate"]], scale=4).save(picture)
     write_gif(np.concatenate([real, generated], axis=2), os.path.join(out, "interpolation.gif"))
-    return picture, os.path.basename(row["source_uri"]) if "source_uri" in row else row["sample_id"]
+    sources = open_dataset(dataset).read(columns=["sample_id", "source_uri"]).to_pylist()  # a demo-sized dataset
+    return picture, next(os.path.basename(r["source_uri"]) for r in sources if r["sample_id"] == row["sample_id"])

@@ -1,7 +1,8 @@
 """Does it learn? (issue 15) The tiny preset trained on simple synthetic stickers and on the shared stickers, its
 generated frames scored against the real ones beside two no-model baselines, at several points of training.
 
-Run from the repository root (about 30 min on 2 quiet cores; the shared part needs ../shared/data/stickers):
+Run from the repository root (the shared part needs ../shared/data/stickers). With the defaults it took 74 min on 2
+cores shared with other work, 38 of them training (docs/benchmarks.md, "Learning"):
 
     .venv/bin/python bench/learning.py --out /tmp/learning --docs docs/learning
 
@@ -210,8 +211,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, required=True, help="work folder (corpora, datasets, runs, results)")
     parser.add_argument("--docs", type=Path, help="also copy the pictures and results.md into this folder")
     parser.add_argument("--count", type=int, default=160, help="synthetic stickers to make (160)")
-    parser.add_argument("--steps", type=int, default=400, help="training steps on the synthetic corpus (400)")
-    parser.add_argument("--shared-steps", type=int, default=200, help="training steps on the shared stickers (200)")
+    parser.add_argument("--steps", type=int, default=300, help="training steps on the synthetic corpus (300)")
+    parser.add_argument("--shared-steps", type=int, default=150, help="training steps on the shared stickers (150)")
     parser.add_argument("--eval-every", type=int, default=100, help="a checkpoint scored every N steps (100)")
     parser.add_argument("--eval-clips", type=int, default=8, help="held-out clips scored per set (8)")
     parser.add_argument("--eval-steps", type=int, default=10, help="DDIM steps of generation when scoring (10)")

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 from pipeline.stage import Batch, Stage
 from schemas.dataset import REJECT_SCHEMA, SAMPLE_SCHEMA
 from schemas.frames import encode_frame
-from schemas.layout import DATA_DIR, REJECTS_DIR, TEMP_PREFIX, DatasetLayout
+from schemas.layout import DATA_DIR, REJECTS_DIR, STAGING_DIR, TEMP_PREFIX, DatasetLayout
 
 # What the driver gets back for each input: enough for progress, the summary and the accounting check, and the
 # staged shard that holds it ("data/NAME" or "rejects/NAME"), for the driver to publish.
@@ -54,7 +54,7 @@ def publish(layout: DatasetLayout, run_id: str, shard: str) -> None:
 
 def clear_staging(layout: DatasetLayout, run_id: str | None = None) -> None:
     """Delete run `run_id`'s staging folder, or every run's (at the start of a run: what killed runs left)."""
-    folder = layout.staging_dir(run_id) if run_id else layout.staging_dir("").rstrip("/")
+    folder = layout.staging_dir(run_id) if run_id else f"{layout.root}/{STAGING_DIR}"
     if layout.fs.get_file_info(folder).type == pafs.FileType.Directory:
         layout.fs.delete_dir(folder)
 

@@ -72,14 +72,6 @@ class TrainSummary:
         return lines
 
 
-@dataclass
-class LossParts:
-    """A micro-batch's loss on the frames to generate and on the given frames (None where it has none)."""
-
-    generated: float | None
-    given: float | None
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -167,9 +159,10 @@ def training_loss(
     generator: torch.Generator,
     device: torch.device,
     dtype: torch.dtype,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, LossParts]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The loss of one micro-batch, with per-clip losses and timesteps for the curriculum, and the loss on the
-    generated and the given frames apart.
+    generated and the given frames apart: (generated loss, 1 if any generated frame, given loss, 1 if any given
+    frame), kept on the device so that logging it costs no synchronisation.
 
     Symbols (paper notes): z clean latents, m_frame the loss mask, m_cond the condition mask, c = z * m_cond *
     m_frame the condition latent, eps the noise, t the timestep, y the target (eps, or v with v prediction), y_hat
@@ -202,9 +195,9 @@ def training_loss(
         # the same loss on the frames the task had to produce and on the frames it was given (whose noise the
         # condition makes computable): the first says how well the task is learned, the second hides it in `loss`
         given = m_frame * m_cond * keep_image[:, None]
-        parts = LossParts(
-            generated=masked_mse(y_hat, y, m_frame - given).item() if (m_frame - given).any() else None,
-            given=masked_mse(y_hat, y, given).item() if given.any() else None,
+        generated = m_frame - given
+        parts = torch.stack(
+            [masked_mse(y_hat, y, generated), generated.any().float(), masked_mse(y_hat, y, given), given.any().float()]
         )
     return loss, per_clip, t, parts
 
@@ -319,9 +312,7 @@ def train(cfg: TrainConfig, data: str, run_dir: str) -> TrainSummary:
             engine.step()
             curriculum.observe_sample_losses(batch.sample_ids, per_clip.cpu().numpy(), task, timesteps.cpu().numpy())
             step_stats[0] += loss.detach() / cfg.optim.grad_accum
-            for slot, part in ((1, parts.generated), (3, parts.given)):
-                if part is not None:
-                    step_stats[slot : slot + 2] += torch.tensor([part, 1.0], device=device)
+            step_stats[1:] += parts  # a part without frames adds (0, 0)
             ids += batch.sample_ids
             window_clips += len(batch) * world_size
             drawn += batch.static_difficulty.tolist()

@@ -34,15 +34,21 @@ def run_logged(command: list[str], log: Path, env: dict[str, str] | None = None)
     return time.perf_counter() - started
 
 
-def preprocess(manifest: Path, out: Path, log: Path) -> None:
-    """`rdtf preprocess` of `manifest` (no CLIP stage) into `out`; skipped when `out` is complete."""
+def complete(dataset: Path) -> bool:
+    """Whether `dataset` holds a finished `rdtf preprocess` run (its card says so)."""
     from schemas.layout import DatasetLayout
 
-    card = DatasetLayout.at(str(out)).read_card()
-    if card is not None and card.get("status") == "complete":
+    card = DatasetLayout.at(str(dataset)).read_card()
+    return card is not None and card.get("status") == "complete"
+
+
+def preprocess(manifest: Path, out: Path, log: Path, flags: list[str] | None = None) -> None:
+    """`rdtf preprocess` of `manifest` (no CLIP stage, more `flags` of the command) into `out`; skipped when `out`
+    is complete, so a dataset prepared on one machine can be carried to another (bench/gpu_session.py)."""
+    if complete(out):
         return
     ray_tmpdir = tempfile.mkdtemp(prefix="rdtf-bench-ray-", dir="/tmp")  # short: unix socket paths < 107 chars
-    command = [sys.executable, "-m", "jobs.cli", "preprocess", str(manifest), "--out", str(out)]
+    command = [sys.executable, "-m", "jobs.cli", "preprocess", str(manifest), "--out", str(out), *(flags or [])]
     try:
         run_logged(command + ["--no-clip", "--no-progress"], log, {"RAY_TMPDIR": ray_tmpdir})
     finally:

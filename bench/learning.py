@@ -44,7 +44,7 @@ SHOW_TASKS = ("interpolate", "predict-post")  # rows of the picture, besides the
 if str(REPO) not in sys.path:  # run as a script from anywhere: the checkout's packages come first
     sys.path.insert(0, str(REPO))
 
-from heldout import is_heldout, preprocess, run_logged, split  # noqa: E402
+from heldout import complete, is_heldout, preprocess, run_logged, split  # noqa: E402
 from provenance import code_version, machine  # noqa: E402
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -221,6 +221,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2, help="torch threads (2)")
     parser.add_argument("--set", action="append", default=[], help="KEY=VALUE passed on to `rdtf train`")
     parser.add_argument("--stickers", type=Path, default=STICKERS, help="the shared sticker corpus")
+    parser.add_argument("--corpora", nargs="+", choices=("synthetic", "shared"), default=["synthetic", "shared"])
+    parser.add_argument("--frame-size", type=int, default=256, help="pixels of the preprocessed frames (256)")
+    parser.add_argument("--prepare-only", action="store_true", help="preprocess and split, then stop")
     args = parser.parse_args(argv)
     if min(args.steps, args.eval_every, args.eval_clips, args.eval_steps, args.eval_draws) < 1:
         parser.error("--steps, --eval-every, --eval-clips, --eval-steps and --eval-draws must be at least 1")
@@ -245,15 +248,18 @@ def main(argv: list[str] | None = None) -> int:
     sections: list[str] = []
     pictures: list[Path] = []
 
-    corpora = {"synthetic": make_synthetic(out / "synthetic_corpus", args.count, args.seed)}
-    if (args.stickers / "manifest.csv").is_file() and args.shared_steps > 0:
+    corpora = {}
+    if "synthetic" in args.corpora:
+        corpora["synthetic"] = make_synthetic(out / "synthetic_corpus", args.count, args.seed)
+    shared_ready = complete(out / f"shared_full_{args.frame_size}px")  # prepared elsewhere (bench/gpu_session.py)
+    if "shared" in args.corpora and ((args.stickers / "manifest.csv").is_file() or shared_ready):
         corpora["shared"] = args.stickers / "manifest.csv"
-    else:
-        print(f"shared stickers skipped (not at {args.stickers}, or --shared-steps 0)", flush=True)
+    elif "shared" in args.corpora:
+        print(f"shared stickers skipped (not at {args.stickers})", flush=True)
     for corpus, manifest in corpora.items():
-        full = out / f"{corpus}_full"
+        full = out / f"{corpus}_full_{args.frame_size}px"
         print(f"{corpus}: preprocessing {manifest}", flush=True)
-        preprocess(manifest, full, out / f"{corpus}_preprocess.log")
+        preprocess(manifest, full, out / f"{corpus}_preprocess.log", ["--frame-size", str(args.frame_size)])
         if corpus == "synthetic":
             names, rule = ("train", "heldout_moving", "heldout_static"), synthetic_part
             text = f"held out when sha256(sample_id) < {SYNTHETIC_HELDOUT_PERCENT}% of 2^64; static by caption"
@@ -263,6 +269,8 @@ def main(argv: list[str] | None = None) -> int:
         parts = {name: out / f"{corpus}_{name}" for name in names}
         counts = split(full, parts, rule, text)
         print(f"{corpus}: {counts}", flush=True)
+        if args.prepare_only:
+            continue
         steps = args.steps if corpus == "synthetic" else args.shared_steps
         run = out / "runs" / f"{corpus}-tiny-steps{steps}-seed{args.seed}"
         run.parent.mkdir(exist_ok=True)
@@ -301,6 +309,9 @@ def main(argv: list[str] | None = None) -> int:
         f"tiny preset, pixel space 32x32, random text tower; scored with {args.eval_steps} DDIM steps, guidance 1 "
         f"(text) 1 (image), seed {EVAL_SEED}; wall time {time.perf_counter() - clock:.0f} s",
     ]
+    if args.prepare_only:
+        print(f"datasets prepared in {out}")
+        return 0
     results["header"] = header
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
     text = "\n".join(header) + "\n\n" + "\n\n".join(sections) + "\n"

@@ -9,7 +9,6 @@ from typing import Any
 
 from jobs.corpus import make_corpus
 from pipeline.config import ClipConfig, PreprocessConfig
-from pipeline.runner import run_preprocess
 from schemas.config import load
 from schemas.reader import open_dataset
 
@@ -45,6 +44,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"demo: made {len(made)} synthetic stickers (some deliberately broken) in {source}")
         source = os.path.join(source, "manifest.csv")
     dataset = os.path.join(args.out, "dataset")
+    from pipeline.runner import run_preprocess  # imported here: Ray loads slowly
+
     summary = run_preprocess([source], dataset, PreprocessConfig(clip=DEMO_CLIP))
     print("\n".join(summary.lines()))
     reader = open_dataset(dataset)

@@ -6,7 +6,6 @@ import argparse
 from typing import Any
 
 from pipeline.config import PreprocessConfig
-from pipeline.runner import run_preprocess
 from schemas.config import load
 
 # flag -> dotted config key; flags override the --config file.
@@ -114,6 +113,8 @@ def run(args: argparse.Namespace) -> int:
     if args.no_clip:
         overrides["clip.weights"] = None
     cfg = load(PreprocessConfig, args.config, overrides)
+    from pipeline.runner import run_preprocess  # imported here: Ray loads slowly, and train/sample never need it
+
     summary = run_preprocess(args.inputs, args.out, cfg, show_progress=False if args.no_progress else None)
     print("\n".join(summary.lines()))
     return 0

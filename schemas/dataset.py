@@ -9,7 +9,7 @@ from __future__ import annotations
 import pyarrow as pa
 
 # Bump the major part when a reader of the old version could misread the new files.
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"  # 1.1: source_version, truncated (nullable: 1.0 files read as null)
 VERSION_KEY = b"rdtf.schema_version"
 
 # k keyframes per sample, k = 3..8 (paper: "k in 3..8 keyframes per GIF"); keyframe_sets[k - 3] has length k.
@@ -24,7 +24,11 @@ REJECT_REASONS = {
     "empty_file": "the file has zero bytes",
     "file_too_large": "the file is larger than decode.max_file_bytes",
     "unsupported_format": "the bytes are not a GIF, WebP, PNG/APNG, JPEG, MP4 or WebM",
-    "corrupt": "the decoder failed on the file (truncated or malformed)",
+    "corrupt": "the decoder failed on the file (malformed)",
+    "truncated": "the file ends before its last frame (decode.keep_truncated keeps the complete frames, marked)",
+    "decoder_crash": "the decoder crashed its process on this file (the rest of its task was written)",
+    "timeout": "decoding took longer than decode.timeout_s",
+    "too_large": "decoding needed more memory than decode.max_memory_mb",
     "decompression_bomb": "width x height x frames exceeds decode.max_total_pixels",
     "too_small": "the shorter side is below filters.min_side",
     "bad_aspect_ratio": "the long side over the short side exceeds filters.max_aspect_ratio",
@@ -41,11 +45,14 @@ SAMPLE_SCHEMA = pa.schema(
         pa.field("sample_id", pa.string(), nullable=False),  # sha256 of the file's bytes, hex
         pa.field("source_uri", pa.string(), nullable=False),  # absolute path or URI as read
         pa.field("source_id", pa.string()),  # the id column of a manifest, if given
+        # What identified the input's content when it was read ("size:mtime_ns"): a changed input is redone.
+        pa.field("source_version", pa.string()),
         pa.field("format", pa.string(), nullable=False),  # gif | webp | apng | png | jpeg | mp4 | webm
         pa.field("num_bytes", pa.int64(), nullable=False),
         pa.field("width", pa.int32(), nullable=False),  # original size, pixels
         pa.field("height", pa.int32(), nullable=False),
         pa.field("num_frames", pa.int32(), nullable=False),  # frames in the original
+        pa.field("truncated", pa.bool_()),  # true: the file ended early and its complete frames were kept on request
         pa.field("frame_durations_ms", pa.list_(pa.int32()), nullable=False),  # display time of each original frame
         # Sampled frames at the training resolution, losslessly encoded (PNG), with their display times.
         pa.field("frames", pa.list_(pa.binary()), nullable=False),
@@ -71,6 +78,7 @@ REJECT_SCHEMA = pa.schema(
     [
         pa.field("source_uri", pa.string(), nullable=False),
         pa.field("sample_id", pa.string()),  # null when the bytes could not be read
+        pa.field("source_version", pa.string()),  # as in SAMPLE_SCHEMA; null when it could not be read
         pa.field("stage", pa.string(), nullable=False),  # the pipeline stage that rejected it
         pa.field("reason", pa.string(), nullable=False),  # a key of REJECT_REASONS
         pa.field("message", pa.string(), nullable=False),  # what went wrong, for a person

@@ -85,6 +85,7 @@ class Session:
         self.summary: list[str] = []
         self.log = self.work / "log.txt"
         self.work.mkdir(parents=True, exist_ok=True)
+        self.log.touch()
 
     def left(self) -> float:
         return self.deadline - time.monotonic()

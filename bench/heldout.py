@@ -59,6 +59,7 @@ def split(full: Path, parts: dict[str, Path], rule: Callable[[dict], str], rule_
     """Write one dataset per part name of `parts`, each row going to the part `rule(row)` names (row: sample_id and
     caption); file by file, so only one source file is in memory. Row counts per part."""
     import pyarrow as pa
+    import pyarrow.dataset as pads
     import pyarrow.parquet as pq
 
     from schemas.dataset import SAMPLE_SCHEMA
@@ -71,9 +72,7 @@ def split(full: Path, parts: dict[str, Path], rule: Callable[[dict], str], rule_
         shutil.rmtree(root, ignore_errors=True)
         (root / DATA_DIR).mkdir(parents=True)
     for path in source.sample_files:
-        table = pq.read_table(path)
-        if not table.schema.equals(SAMPLE_SCHEMA):
-            raise ValueError(f"{path} does not have the sample schema of this rdtf")
+        table = pads.dataset(path, schema=SAMPLE_SCHEMA).to_table()  # a column added since it was written: null
         names = [rule(row) for row in table.select(["sample_id", "caption"]).to_pylist()]
         for name, root in parts.items():
             rows = table.filter(pa.array([n == name for n in names]))

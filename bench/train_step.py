@@ -86,7 +86,7 @@ def make_batch(size: int, channels: int, args: argparse.Namespace, device: torch
     }
 
 
-def engine_for(model: torch.nn.Module, batch_size: int, bf16: bool):
+def engine_for(model: torch.nn.Module, batch_size: int, bf16: bool, args: argparse.Namespace):
     """(step function, module): DeepSpeed ZeRO-2 when installed, else torch AdamW on the (bf16) weights."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
     try:
@@ -104,7 +104,7 @@ def engine_for(model: torch.nn.Module, batch_size: int, bf16: bool):
     config = {
         "train_micro_batch_size_per_gpu": batch_size,
         "zero_optimization": {"stage": 2},
-        "bf16": {"enabled": bf16},
+        "bf16": {"enabled": bf16, "check_grad_overflow": args.overflow_check},
         "gradient_clipping": 1.0,
         "zero_allow_untested_optimizer": True,
         "steps_per_print": 10**9,
@@ -155,7 +155,7 @@ def measure(name: str, args, device, dtype) -> dict:
     batch = make_batch(args.batch, channels, args, device, dtype)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    step, module = engine_for(model, args.batch, dtype == torch.bfloat16)
+    step, module = engine_for(model, args.batch, dtype == torch.bfloat16, args)
     seconds = train_steps(module, step, batch, args.steps, device)
     flops = step_flops(name, args)
     tflops = flops / seconds / 1e12
@@ -175,6 +175,31 @@ def measure(name: str, args, device, dtype) -> dict:
     return result
 
 
+def profile(name: str, args, device, dtype) -> None:
+    """torch.profiler over 3 training steps of `name` (after 2 warm-up steps): the operators that take the most
+    device time and the most host time, to say where a step's time goes."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    model, channels = build(name, args)
+    model = model.to(device)
+    batch = make_batch(args.batch, channels, args, device, dtype)
+    step, module = engine_for(model, args.batch, dtype == torch.bfloat16, args)
+    train_steps(module, step, batch, 1, device)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with torch_profile(activities=activities) as prof:
+        train_steps(module, step, batch, 3, device)
+    device_key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    averages = prof.key_averages()
+    print(f"profile of {name}, 3 steps at micro-batch {args.batch}: by device time")
+    print(averages.table(sort_by=device_key, row_limit=25, max_name_column_width=60))
+    print(f"profile of {name}: by host time")
+    print(averages.table(sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=60))
+    del model, module, batch
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
 def fits(name: str, batch_size: int, checkpointing: bool, args, device, dtype) -> bool:
     """Whether one training step of `name` at `batch_size` runs out of GPU memory."""
     model, channels = build(name, args)
@@ -182,7 +207,7 @@ def fits(name: str, batch_size: int, checkpointing: bool, args, device, dtype) -
         model.enable_gradient_checkpointing()
     model = model.to(device)
     try:
-        step, module = engine_for(model, batch_size, dtype == torch.bfloat16)
+        step, module = engine_for(model, batch_size, dtype == torch.bfloat16, args)
         train_steps(module, step, make_batch(batch_size, channels, args, device, dtype), 1, device)
         return True
     except torch.cuda.OutOfMemoryError:
@@ -210,7 +235,7 @@ def data_wait(name: str, args, device, dtype) -> dict:
     from trainer.data import ClipLoader, ParquetRows
 
     model, channels = build(name, args)
-    step, module = engine_for(model.to(device), args.batch, dtype == torch.bfloat16)
+    step, module = engine_for(model.to(device), args.batch, dtype == torch.bfloat16, args)
     vae = AutoencoderKL(**SD_VAE).to(device, dtype).requires_grad_(False)
     reader = open_dataset(args.data)
     config = DataConfig(shuffle_buffer=256, decode_threads=args.decode_threads)
@@ -251,6 +276,11 @@ def main() -> None:
     parser.add_argument("--peak-tflops", type=float, default=775.0, help="bf16 matmul rate of the GPU")
     parser.add_argument("--max-batch", type=int, default=128)
     parser.add_argument("--no-fit", action="store_true", help="skip the largest-micro-batch search")
+    parser.add_argument(
+        "--overflow-check", action="store_true", help="DeepSpeed's bf16 overflow check on (rdtf turns it off)"
+    )
+    parser.add_argument("--no-baseline", action="store_true", help="skip diffusers' UNet3DConditionModel")
+    parser.add_argument("--profile", action="store_true", help="then torch.profiler tables of the first preset")
     parser.add_argument("--data", help="a dataset folder: also measure the data-wait share of the real loader")
     parser.add_argument("--decode-threads", type=int, default=8)
     parser.add_argument("--out", default="train_step.json")
@@ -269,7 +299,8 @@ def main() -> None:
         "torch": torch.__version__,
         "args": vars(args),
     }
-    results["models"] = [measure(name, args, device, dtype) for name in [*args.presets, "baseline"]]
+    names = [*args.presets, *([] if args.no_baseline else ["baseline"])]
+    results["models"] = [measure(name, args, device, dtype) for name in names]
     for r in results["models"]:
         print(
             f"{r['model']:>9}: {r['parameters'] / 1e6:7.1f} M params, {r['clips_per_s']:7.2f} clips/s, "
@@ -284,6 +315,8 @@ def main() -> None:
             "gradient_checkpointing": largest_batch(first, True, args, device, dtype),
         }
         print(f"largest micro-batch of {first}: {results['largest_micro_batch']}")
+    if args.profile:
+        profile(args.presets[0], args, device, dtype)
     if args.data:
         results["data_wait"] = data_wait(args.presets[0], args, device, dtype)
         print(f"data path: {results['data_wait']}")

@@ -101,7 +101,9 @@ def deepspeed_config(cfg: TrainConfig, bf16: bool) -> dict[str, Any]:
         "train_micro_batch_size_per_gpu": cfg.optim.micro_batch,
         "gradient_accumulation_steps": cfg.optim.grad_accum,
         "zero_optimization": {"stage": cfg.engine.zero_stage},
-        "bf16": {"enabled": bf16},
+        # bf16 has fp32's range: DeepSpeed's overflow check (for fp16 loss scaling) only launches ~10 kernels per
+        # parameter tensor per step, which made the tiny preset host-bound on an H200 (docs/benchmarks.md, "GPU").
+        "bf16": {"enabled": bf16, "check_grad_overflow": False} if bf16 else {"enabled": False},
         "zero_allow_untested_optimizer": True,  # torch's AdamW: no CPU-Adam build on CPU machines
         "steps_per_print": 10**9,  # rdtf logs itself
     }

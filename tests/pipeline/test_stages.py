@@ -6,6 +6,7 @@ import hashlib
 from typing import Any
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 from gif_factory import GifFrame, build_gif
 from media_factory import image_bytes, noise_frames, solid_frames
@@ -21,6 +22,7 @@ from pipeline.keyframes import KeyframeStage
 from pipeline.probe import probe
 from pipeline.sampling import schedule
 from pipeline.stage import STATUS_COLUMNS, Reject, Stage, check_chain
+from pipeline.write import EncodeFramesStage, ShardWriter
 from schemas.dataset import REJECT_REASONS
 
 INPUT_COLUMNS = ("source_uri", "sample_id", "num_bytes", "caption", "source_id")  # what the runner's main pass gets
@@ -216,6 +218,17 @@ def test_keep_truncated_keeps_the_complete_frames_marked(tmp_path, fmt):
     assert row["num_frames"] == complete and row["frame_durations_ms"] == [100] * complete
     times = schedule(row["frame_durations_ms"], cfg.fps, cfg.max_frames)[1].tolist()
     assert row["frame_timestamps_ms"] == times and row["frames"].shape == (len(times), 256, 256, 3)
+
+
+def test_the_stored_row_says_whether_it_was_truncated(tmp_path):
+    cut, _ = _cut_sticker("webp")
+    paths = [write(tmp_path, "cut.webp", cut), write(tmp_path, "whole.gif", good_gif())]
+    batch = EncodeFramesStage()(run(paths, decode=DecodeConfig(keep_truncated=True)))
+    ShardWriter(str(tmp_path / "out"), 256, run_id="run")(batch)
+    (shard,) = (tmp_path / "out").rglob("data/*.parquet")
+    table = pq.read_table(shard, columns=["source_uri", "truncated"])
+    assert table["source_uri"].to_pylist() == [str(p) for p in paths]
+    assert table["truncated"].to_pylist() == [True, False]
 
 
 @pytest.mark.parametrize("fmt", list(CUT_STICKERS))

@@ -68,7 +68,7 @@ def add_preprocess_parser(commands: Any) -> None:
     parser.add_argument("--fps", type=float, help="frames per second sampled by display time (8)")
     parser.add_argument("--max-frames", type=int, help="at most this many frames per sample (16)")
     parser.add_argument("--frame-size", type=int, help="training resolution, square, pixels (256)")
-    parser.add_argument("--max-total-pixels", type=int, help="decompression-bomb limit on width*height*frames")
+    parser.add_argument("--max-total-pixels", type=int, help="decompression-bomb limit on decoded pixels (2**28)")
     parser.add_argument("--min-side", type=int, help="reject stickers whose shorter side is smaller (32)")
     parser.add_argument("--max-aspect-ratio", type=float, help="reject stickers more elongated than this (3.0)")
     parser.add_argument("--min-frames", type=int, help="reject stickers with fewer frames (1)")

@@ -32,8 +32,13 @@ class DecodeConfig:
     max_frames: int = 16  # at most this many frames per sample; longer clips are sampled evenly over their length
     frame_size: int = 256  # frames are resized (aspect kept) and padded with white to this square, pixels
     max_file_bytes: int = 64 * 2**20  # larger files are rejected unread (file_too_large)
-    # width x height x frames above this is a decompression bomb (a 512x512 GIF of 1024 frames is exactly 2**28).
+    # Pixels a decoder allocates above this is a decompression bomb: per frame, the canvas it is composited into
+    # plus the frame's own rectangle (a 512x512 GIF of 512 full frames is exactly 2**28); width x height x frames
+    # for videos and stills.
     max_total_pixels: int = 2**28
+    # A file that ends before its last frame is rejected (truncated); true keeps its complete frames, in a row
+    # marked truncated.
+    keep_truncated: bool = False
 
     def __post_init__(self) -> None:
         require(0 < self.fps <= 60, "decode.fps", f"must be in (0, 60], got {self.fps}")
@@ -41,6 +46,11 @@ class DecodeConfig:
         require(16 <= self.frame_size <= 2048, "decode.frame_size", f"must be in [16, 2048], got {self.frame_size}")
         require(self.max_file_bytes > 0, "decode.max_file_bytes", "must be positive")
         require(self.max_total_pixels > 0, "decode.max_total_pixels", "must be positive")
+        require(
+            isinstance(self.keep_truncated, bool),
+            "decode.keep_truncated",
+            f"must be true or false, not {self.keep_truncated!r}",
+        )
 
 
 @dataclass

@@ -16,18 +16,19 @@ from PIL import Image
 from pipeline.canvas import to_canvas
 from pipeline.config import DecodeConfig
 from pipeline.gif import composite, parse_gif
-from pipeline.probe import probe
+from pipeline.probe import complete_part, probe
 from pipeline.read_bytes import read_bytes
 from pipeline.sampling import schedule
 from pipeline.stage import Reject, Stage
 
 
 class ProbeStage(Stage):
-    """Reads each kept input and its headers; rejects unsupported formats, corrupt headers and decompression bombs."""
+    """Reads each kept input and its headers; rejects unsupported formats, corrupt headers, decompression bombs and
+    (unless decode.keep_truncated) truncated files. A kept truncated file goes on cut to its complete frames."""
 
     name = "probe"
     reads = ("source_uri",)
-    writes = ("data", "format", "width", "height", "num_frames", "frame_durations_ms")
+    writes = ("data", "format", "width", "height", "num_frames", "frame_durations_ms", "truncated")
 
     def __init__(self, cfg: DecodeConfig):
         self.cfg = cfg
@@ -42,13 +43,20 @@ class ProbeStage(Stage):
                 f"{facts.width}x{facts.height}, {facts.num_frames} frames: {pixels} decoded pixels is over "
                 f"decode.max_total_pixels={self.cfg.max_total_pixels}",
             )
+        if facts.truncation is not None and not self.cfg.keep_truncated:
+            raise Reject(
+                "truncated",
+                f"{facts.truncation.message(facts.num_frames)}; decode.keep_truncated=true keeps the complete "
+                "frames, with the row marked truncated",
+            )
         return {
-            "data": data,
+            "data": complete_part(data, facts),
             "format": facts.format,
             "width": facts.width,
             "height": facts.height,
             "num_frames": facts.num_frames,
             "frame_durations_ms": facts.durations_ms,
+            "truncated": facts.truncated,
         }
 
 

@@ -42,6 +42,7 @@ class GifFile:
     height: int
     frames: tuple[GifFrameInfo, ...]  # complete frames only
     truncated: bool  # the file ends before its trailer
+    frame_cut: bool = False  # it ends inside a frame (or the Graphic Control Extension announcing one)
 
 
 def _table(data: bytes, pos: int, flags: int) -> tuple[bytes, int]:
@@ -64,7 +65,10 @@ def _skip_sub_blocks(data: bytes, pos: int) -> int:
 
 
 def parse_gif(data: bytes) -> GifFile:
-    """Walk the blocks; frames whose image data is cut off by the end of the file are not counted."""
+    """Walk the blocks; frames whose image data is cut off by the end of the file are not counted.
+
+    Only the headers are read: nothing here allocates from the sizes they claim (the probe checks those first).
+    """
     if len(data) < 13:
         raise ValueError("GIF header is truncated")
     width, height, flags = struct.unpack_from("<HHB", data, 6)
@@ -72,6 +76,7 @@ def parse_gif(data: bytes) -> GifFile:
     frames: list[GifFrameInfo] = []
     control = (0, 0, None)  # delay_cs, disposal, transparent index of the next frame
     truncated = True
+    pending = False  # a frame was announced (a Graphic Control Extension or a descriptor) and is not complete yet
     try:
         while pos < len(data):
             block = data[pos]
@@ -80,10 +85,12 @@ def parse_gif(data: bytes) -> GifFile:
                 break
             if block == 0x21:  # extension; a Graphic Control Extension describes the next frame
                 if data[pos + 1] == 0xF9:
+                    pending = True
                     packed, delay_cs, index = struct.unpack_from("<BHB", data, pos + 3)
                     control = (delay_cs, (packed >> 2) & 7, index if packed & 1 else None)
                 pos = _skip_sub_blocks(data, pos + 2)
             elif block == 0x2C:  # image descriptor
+                pending = True
                 left, top, w, h, image_flags = struct.unpack_from("<HHHHB", data, pos + 1)
                 local_table, start = _table(data, pos + 10, image_flags)
                 pos = _skip_sub_blocks(data, start + 1)  # +1: the LZW minimum code size byte
@@ -103,12 +110,12 @@ def parse_gif(data: bytes) -> GifFile:
                         pos,
                     )
                 )
-                control = (0, 0, None)
+                control, pending = (0, 0, None), False
             else:
                 break  # bytes that are no block: keep the frames before them
     except (IndexError, struct.error):
         pass  # the data ended inside a block: that frame is incomplete and not kept
-    return GifFile(width, height, tuple(frames), truncated)
+    return GifFile(width, height, tuple(frames), truncated, truncated and pending)
 
 
 def frame_image(data: bytes, frame: GifFrameInfo) -> Image.Image:

@@ -108,6 +108,7 @@ def sample_row(batch: Batch, i: int, frame_size: int) -> dict[str, Any]:
         "width": batch["width"][i],
         "height": batch["height"][i],
         "num_frames": batch["num_frames"][i],
+        "truncated": batch["truncated"][i],
         "frame_durations_ms": batch["frame_durations_ms"][i],
         "frames": batch["encoded_frames"][i],
         "frame_timestamps_ms": batch["frame_timestamps_ms"][i],
@@ -142,7 +143,7 @@ class ShardWriter:
     # The columns it writes from: what an earlier worker must hand on (the CLIP columns and caption_source only
     # when they exist).
     reads = (
-        "sample_id", "source_uri", "source_id", "format", "num_bytes", "width", "height", "num_frames",
+        "sample_id", "source_uri", "source_id", "format", "num_bytes", "width", "height", "num_frames", "truncated",
         "frame_durations_ms", "encoded_frames", "frame_timestamps_ms", "keyframe_sets", "caption", "caption_source",
         "spatial_entropy", "temporal_entropy", "static_difficulty", *CLIP_COLUMNS,
     )  # fmt: skip

@@ -1,15 +1,21 @@
-"""Header facts of every input format (pipeline.probe): format by magic bytes, size, frames, per-frame delays."""
+"""Header facts of every input format (pipeline.probe): format by magic bytes, size, frames, per-frame delays,
+the pixels a decoder would allocate, and where a truncated file was cut."""
 
 from __future__ import annotations
+
+import io
+import struct
+import zlib
 
 import numpy as np
 import pytest
 from gif_factory import GifFrame, build_gif
 from media_factory import grey_ramp_video_frames, image_bytes, noise_frames, video_bytes
+from PIL import Image
 
 from pipeline.config import DecodeConfig
 from pipeline.decode import ProbeStage
-from pipeline.probe import Probe, probe, sniff
+from pipeline.probe import Probe, complete_part, probe, sniff
 from pipeline.stage import Reject
 
 DELAYS_MS = [40, 70, 120]  # GIF delays are centiseconds, so multiples of 10 survive every format
@@ -137,6 +143,8 @@ def test_a_truncated_gif_keeps_its_complete_frames():
     assert facts.truncated
     assert facts.delays_ms == (50, 100)
     assert (facts.width, facts.height) == (16, 12)
+    assert facts.truncation.implied_frames == 3
+    assert facts.truncation.message(facts.num_frames) == "the data ends inside frame 3: 2 complete frames of at least 3"
 
 
 def test_a_gif_that_ends_after_a_frame_without_its_trailer_is_truncated():
@@ -144,12 +152,15 @@ def test_a_gif_that_ends_after_a_frame_without_its_trailer_is_truncated():
     facts = probe(_without_trailer(build_gif(frames, 16, 12, PALETTE)))
     assert facts.truncated
     assert facts.num_frames == 2
+    assert facts.truncation.implied_frames is None  # whether frames are missing is unknown
+    assert "without the GIF trailer" in facts.truncation.message(2)
 
 
 def test_a_complete_gif_is_not_truncated():
     facts = probe(build_gif(_gif_frames(2), 16, 12, PALETTE))
     assert not facts.truncated
-    assert facts == Probe("gif", 16, 12, (50, 100), truncated=False, frame_pixels=2 * 16 * 12)
+    # Each frame: the 16x12 canvas it is composited into, and its own 16x12 rectangle.
+    assert facts == Probe("gif", 16, 12, (50, 100), pixels=2 * (16 * 12 + 16 * 12))
 
 
 @pytest.mark.parametrize("keep", [6, 13, 40, 200])  # in the header, the palette, the descriptor, the image data
@@ -174,3 +185,177 @@ def test_malformed_headers_are_corrupt(data):
     with pytest.raises(Reject) as error:
         probe(data)
     assert error.value.reason == "corrupt"
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Truncated animated WebP and APNG: complete frames counted, the cut located, and a decodable complete part
+
+
+def _frames(data: bytes, count: int) -> list[np.ndarray]:
+    """The first `count` animation frames as Pillow shows them (RGBA)."""
+    with Image.open(io.BytesIO(data)) as image:
+        first = 1 if image.info.get("default_image") else 0
+        shown = []
+        for index in range(count):
+            image.seek(index + first)
+            shown.append(np.asarray(image.convert("RGBA")))
+        return shown
+
+
+ANIMATED = {
+    "gif": lambda frames: image_bytes(frames, "GIF", [100] * len(frames)),
+    "webp": lambda frames: image_bytes(frames, "WEBP", [100] * len(frames), lossless=True),
+    "apng": lambda frames: image_bytes(frames, "PNG", [100] * len(frames)),
+}
+
+
+@pytest.mark.parametrize("fmt", list(ANIMATED))
+def test_a_file_cut_inside_its_last_frame_is_truncated_and_its_complete_part_decodes(fmt):
+    data = ANIMATED[fmt](noise_frames(6, 48, 40))
+    cut = data[: len(data) - 200]  # inside the last frame's image data
+    facts = probe(cut)
+    assert facts.format == fmt
+    assert facts.truncated and facts.num_frames == 5
+    assert facts.truncation.implied_frames == 6
+    assert facts.decoded_pixels == 5 * 2 * 48 * 40  # only the complete frames are decoded
+    complete = complete_part(cut, facts)
+    assert not probe(complete).truncated and probe(complete).num_frames == 5
+    for got, want in zip(_frames(complete, 5), _frames(data, 5), strict=True):
+        assert np.array_equal(got, want)
+
+
+@pytest.mark.parametrize("fmt", list(ANIMATED))
+@pytest.mark.parametrize("fraction", [0.3, 0.5, 0.8])
+def test_every_cut_keeps_fewer_frames_than_the_file_has(fmt, fraction):
+    data = ANIMATED[fmt](noise_frames(6, 48, 40))
+    facts = probe(data[: int(len(data) * fraction)])
+    assert facts.truncated and 1 <= facts.num_frames < 6
+    assert facts.truncation.implied_frames == (6 if fmt == "apng" else facts.num_frames + 1)  # APNG: from acTL
+
+
+@pytest.mark.parametrize("fmt", list(ANIMATED))
+def test_complete_files_are_not_truncated_and_go_on_unchanged(fmt):
+    data = ANIMATED[fmt](noise_frames(3, 48, 40))
+    facts = probe(data)
+    assert not facts.truncated and facts.num_frames == 3
+    assert complete_part(data, facts) is data
+
+
+def test_a_truncated_apng_names_the_frames_its_actl_chunk_announces():
+    data = ANIMATED["apng"](noise_frames(12, 48, 40))
+    facts = probe(data[: len(data) // 2])
+    assert facts.truncation.implied_frames == 12
+    assert "acTL chunk announces 12 frames" in facts.truncation.message(facts.num_frames)
+
+
+def test_an_apng_whose_default_image_is_no_frame_keeps_only_animation_frames():
+    frames = noise_frames(5, 48, 40)
+    data = image_bytes(frames, "PNG", [100] * 4, default_image=True)  # 4 animation frames after the default image
+    facts = probe(data[: len(data) - 100])
+    assert facts.num_frames == 3 and facts.truncation.implied_frames == 4
+    for got, want in zip(_frames(complete_part(data[: len(data) - 100], facts), 3), _frames(data, 3), strict=True):
+        assert np.array_equal(got, want)
+
+
+def test_a_webp_cut_between_frames_is_truncated_by_its_riff_size():
+    data = ANIMATED["webp"](noise_frames(3, 48, 40))
+    last = data.rindex(b"ANMF")  # the last frame's chunk starts here: cut exactly before it
+    facts = probe(data[:last])
+    assert facts.truncated and facts.num_frames == 2
+    assert facts.truncation.implied_frames is None  # the RIFF size says bytes are missing, not how many frames
+    assert f"ends at byte {last} of the {len(data)}" in facts.truncation.message(2)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Decompression bombs: the pixels a decoder allocates, from the headers alone
+
+
+def _probe_stage(data: bytes, tmp_path, **settings) -> dict:
+    """ProbeStage on `data`, failing if it asks Pillow to open or make an image: every pixel buffer of an image
+    format would come from there."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("Pillow was asked for an image while probing")
+
+    path = tmp_path / "input"
+    path.write_bytes(data)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Image, "open", refuse)
+        patch.setattr(Image, "new", refuse)
+        batch = ProbeStage(DecodeConfig(**settings))({"source_uri": [str(path)]})
+    return {column: values[0] for column, values in batch.items()}
+
+
+def _png_chunk(kind: bytes, payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+
+def _with_apng_canvas(data: bytes, width: int, height: int) -> bytes:
+    """The APNG with its IHDR (the canvas) set to width x height; the frames keep their own size."""
+    ihdr = data.index(b"IHDR") - 4
+    payload = struct.pack(">II", width, height) + data[ihdr + 16 : ihdr + 21]
+    return data[:ihdr] + _png_chunk(b"IHDR", payload) + data[ihdr + 25 :]
+
+
+def _with_webp_canvas(data: bytes, width: int, height: int) -> bytes:
+    """The animated WebP with its VP8X canvas set to width x height; the frames keep their own size."""
+    vp8x = data.index(b"VP8X") + 8
+    size = (width - 1).to_bytes(3, "little") + (height - 1).to_bytes(3, "little")
+    return data[: vp8x + 4] + size + data[vp8x + 10 :]
+
+
+def test_a_huge_gif_screen_with_a_tiny_frame_is_a_bomb(tmp_path):
+    # The issue's file: a 16384 x 16384 logical screen (2**28 pixels: a 1 GiB RGBA canvas) and one 1x1 frame.
+    gif = build_gif([GifFrame(np.ones((1, 1), np.uint8))], 16384, 16384, PALETTE)
+    row = _probe_stage(gif, tmp_path)
+    assert row["reject_reason"] == "decompression_bomb", row["reject_message"]
+    assert str(2**28 + 1) in row["reject_message"]
+    assert row["data"] is None
+
+
+def test_a_gif_frame_far_larger_than_its_screen_is_a_bomb(tmp_path):
+    # A normal 64x64 screen, and a frame rectangle of 20000 x 20000 that Pillow would decode before clipping.
+    gif = bytearray(build_gif([GifFrame(np.ones((1, 1), np.uint8))], 64, 64, PALETTE))
+    descriptor = gif.index(b"\x2c")  # image descriptor: left, top, width, height
+    gif[descriptor + 5 : descriptor + 9] = struct.pack("<HH", 20000, 20000)
+    row = _probe_stage(bytes(gif), tmp_path)
+    assert row["reject_reason"] == "decompression_bomb", row["reject_message"]
+    assert str(64 * 64 + 20000 * 20000) in row["reject_message"]
+
+
+@pytest.mark.parametrize("fmt", ["webp", "apng"])
+def test_a_huge_canvas_with_small_frames_is_a_bomb(tmp_path, fmt):
+    data = ANIMATED[fmt](noise_frames(2, 16, 16))
+    huge = _with_webp_canvas(data, 16384, 16384) if fmt == "webp" else _with_apng_canvas(data, 16384, 16384)
+    facts = probe(huge)
+    assert (facts.width, facts.height, facts.num_frames) == (16384, 16384, 2)
+    assert facts.decoded_pixels == 2 * (2**28 + 16 * 16)
+    row = _probe_stage(huge, tmp_path)
+    assert row["reject_reason"] == "decompression_bomb", row["reject_message"]
+
+
+def test_a_still_webp_size_is_read_from_its_header_without_pillow(tmp_path):
+    # Pillow's WebP reader allocates its canvas when the file is opened: the probe must not open it.
+    data = bytearray(image_bytes(noise_frames(1, 48, 40), "WEBP", lossless=True))
+    vp8l = data.index(b"VP8L") + 8
+    data[vp8l + 1 : vp8l + 5] = (16383 | 16383 << 14).to_bytes(4, "little")  # 16384 x 16384
+    assert probe(bytes(data)).decoded_pixels == 2**28
+    row = _probe_stage(bytes(data), tmp_path, max_total_pixels=2**28 - 1)
+    assert row["reject_reason"] == "decompression_bomb", row["reject_message"]
+
+
+def test_a_jpeg_over_pillows_own_limit_is_a_bomb_not_corrupt():
+    # JPEG sizes come from Pillow, which reads the header only, and refuses sizes over its own limit itself.
+    data = bytearray(image_bytes(noise_frames(1, 48, 40), "JPEG"))
+    sof = data.index(b"\xff\xc0") + 5  # start of frame: precision, then height and width
+    data[sof : sof + 4] = struct.pack(">HH", 60000, 60000)
+    with pytest.raises(Reject) as error:
+        probe(bytes(data))
+    assert error.value.reason == "decompression_bomb"
+
+
+def test_real_stickers_are_neither_bombs_nor_truncated(stickers):
+    batch = ProbeStage(DecodeConfig())({"source_uri": [str(p) for p in sorted((stickers / "gifs").iterdir())]})
+    assert len(batch["source_uri"]) == 299
+    assert batch["reject_reason"] == [None] * 299, {m for m in batch["reject_message"] if m}
+    assert batch["truncated"] == [False] * 299

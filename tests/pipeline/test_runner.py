@@ -67,12 +67,15 @@ def test_every_input_is_a_row_or_a_reject_once(manifest: Path, reference: Path) 
         "not_a_gif.gif": "unsupported_format",
         "sticker_000_copy.gif": "duplicate",
         "tiny.gif": "too_small",
+        "truncated.gif": "truncated",  # sticker_000.gif cut to a third: never a silent partial row by default
     }
     assert set(reasons.values()) <= set(REJECT_REASONS)
     by_name = {r["source_uri"].rsplit("/", 1)[-1]: r for r in samples}
     duplicate = next(r for r in rejects if r["reason"] == "duplicate")
     assert duplicate["kept_sample_id"] == by_name["sticker_000.gif"]["sample_id"]
-    assert by_name["truncated.gif"]["num_frames"] < by_name["sticker_000.gif"]["num_frames"]
+    truncated = next(r for r in rejects if r["reason"] == "truncated")
+    assert truncated["stage"] == "probe" and "decode.keep_truncated" in truncated["message"]
+    assert [r["truncated"] for r in samples] == [False] * len(samples)
     assert {r["format"] for r in samples} == {"gif", "webp", "apng", "png", "jpeg"}
     assert by_name["sticker_001.gif"]["caption"] == "a green square sliding"
     assert by_name["sticker_001.gif"]["caption_source"] == "given"

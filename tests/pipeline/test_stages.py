@@ -6,6 +6,7 @@ import hashlib
 from typing import Any
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 from gif_factory import GifFrame, build_gif
 from media_factory import image_bytes, noise_frames, solid_frames
@@ -18,7 +19,10 @@ from pipeline.entropy import EntropyStage
 from pipeline.filters import EntropyFilterStage, MetadataFilterStage
 from pipeline.hash_inputs import HashStage
 from pipeline.keyframes import KeyframeStage
+from pipeline.probe import probe
+from pipeline.sampling import schedule
 from pipeline.stage import STATUS_COLUMNS, Reject, Stage, check_chain
+from pipeline.write import EncodeFramesStage, ShardWriter
 from schemas.dataset import REJECT_REASONS
 
 INPUT_COLUMNS = ("source_uri", "sample_id", "num_bytes", "caption", "source_id")  # what the runner's main pass gets
@@ -141,23 +145,23 @@ def test_decompression_bomb_is_refused_before_any_frame_is_decoded(tmp_path, mon
 
     monkeypatch.setattr(pipeline.gif, "frame_image", no_decoding)
     monkeypatch.setattr(pipeline.decode, "composite", no_decoding)
-    path = write(tmp_path, "bomb.gif", _garbage_gif(64, 64, 3))  # 64 x 64 x 3 = 12288 pixels
-    row = run_one(path, decode=DecodeConfig(max_total_pixels=12287))
+    path = write(tmp_path, "bomb.gif", _garbage_gif(64, 64, 3))  # 3 x (64 x 64 canvas + 64 x 64 frame) = 24576
+    row = run_one(path, decode=DecodeConfig(max_total_pixels=24575))
     assert_rejected(row, "decompression_bomb", "probe")
-    assert "12288" in row["reject_message"]
+    assert "24576" in row["reject_message"]
 
 
 def test_the_garbage_gif_is_corrupt_when_it_is_no_bomb(tmp_path):
     # The same file under a limit it fits: now it is decoded, and decoding fails. This is what the bomb test
     # above would say if ProbeStage let the file through to the decoder.
-    row = run_one(write(tmp_path, "garbage.gif", _garbage_gif(64, 64, 3)), decode=DecodeConfig(max_total_pixels=12288))
+    row = run_one(write(tmp_path, "garbage.gif", _garbage_gif(64, 64, 3)), decode=DecodeConfig(max_total_pixels=24576))
     assert_rejected(row, "corrupt", "decode")
 
 
 def test_decompression_bomb_counts_every_frame(tmp_path):
-    path = write(tmp_path, "many.gif", good_gif((40, 40), count=10))  # 16000 pixels
-    assert_rejected(run_one(path, decode=DecodeConfig(max_total_pixels=15999)), "decompression_bomb", "probe")
-    assert run_one(path, decode=DecodeConfig(max_total_pixels=16000))["reject_reason"] is None
+    path = write(tmp_path, "many.gif", good_gif((40, 40), count=10))  # 10 x (1600 canvas + 1600 frame) = 32000
+    assert_rejected(run_one(path, decode=DecodeConfig(max_total_pixels=31999)), "decompression_bomb", "probe")
+    assert run_one(path, decode=DecodeConfig(max_total_pixels=32000))["reject_reason"] is None
 
 
 def test_decompression_bomb_counts_gif_frames_larger_than_the_logical_screen(tmp_path):
@@ -168,6 +172,72 @@ def test_decompression_bomb_counts_gif_frames_larger_than_the_logical_screen(tmp
     gif = build_gif([frame, frame], 32, 32, np.array([[0, 0, 0], [200, 0, 0]], np.uint8))
     batch = ProbeStage(DecodeConfig(max_total_pixels=100_000))({"source_uri": [str(write(tmp_path, "wide.gif", gif))]})
     assert batch["reject_reason"] == ["decompression_bomb"], (batch["reject_reason"], batch["width"])
+
+
+def test_decompression_bomb_counts_the_gif_screen_of_every_frame(tmp_path):
+    # The other way round: a 16384 x 16384 logical screen (a 1 GiB RGBA canvas) with one 1x1 frame.
+    gif = build_gif([GifFrame(np.ones((1, 1), np.uint8))], 16384, 16384, np.array([[0, 0, 0], [200, 0, 0]], np.uint8))
+    row = run_one(write(tmp_path, "screen.gif", gif))
+    assert_rejected(row, "decompression_bomb", "probe")
+
+
+CUT_STICKERS = {
+    "gif": lambda frames: image_bytes(frames, "GIF", [100] * len(frames)),
+    "webp": lambda frames: image_bytes(frames, "WEBP", [100] * len(frames), lossless=True),
+    "apng": lambda frames: image_bytes(frames, "PNG", [100] * len(frames)),
+}
+
+
+def _cut_sticker(fmt: str) -> tuple[bytes, int]:
+    """A 12-frame 64x64 sticker of the format cut in half, and how many complete frames the half holds."""
+    data = CUT_STICKERS[fmt](noise_frames(12, 64, 64))
+    cut = data[: len(data) // 2]
+    complete = probe(cut).num_frames
+    assert 1 <= complete < 12
+    return cut, complete
+
+
+@pytest.mark.parametrize("fmt", list(CUT_STICKERS))
+def test_truncated(tmp_path, fmt):
+    cut, complete = _cut_sticker(fmt)
+    row = run_one(write(tmp_path, f"cut.{fmt}", cut))
+    assert_rejected(row, "truncated", "probe")
+    implied = 12 if fmt == "apng" else complete + 1  # APNG's acTL chunk says 12; a GIF or WebP: the cut frame
+    assert f"{complete} complete frames of at least {implied}" in row["reject_message"], row["reject_message"]
+    assert "decode.keep_truncated" in row["reject_message"]
+    assert row["frames"] is None  # refused before decoding
+
+
+@pytest.mark.parametrize("fmt", list(CUT_STICKERS))
+def test_keep_truncated_keeps_the_complete_frames_marked(tmp_path, fmt):
+    cut, complete = _cut_sticker(fmt)
+    cfg = DecodeConfig(keep_truncated=True)
+    row = run_one(write(tmp_path, f"cut.{fmt}", cut), decode=cfg)
+    assert row["reject_reason"] is None, row["reject_message"]
+    assert row["truncated"] is True
+    assert row["num_frames"] == complete and row["frame_durations_ms"] == [100] * complete
+    times = schedule(row["frame_durations_ms"], cfg.fps, cfg.max_frames)[1].tolist()
+    assert row["frame_timestamps_ms"] == times and row["frames"].shape == (len(times), 256, 256, 3)
+
+
+def test_the_stored_row_says_whether_it_was_truncated(tmp_path):
+    cut, _ = _cut_sticker("webp")
+    paths = [write(tmp_path, "cut.webp", cut), write(tmp_path, "whole.gif", good_gif())]
+    batch = EncodeFramesStage()(run(paths, decode=DecodeConfig(keep_truncated=True)))
+    ShardWriter(str(tmp_path / "out"), 256, run_id="run")(batch)
+    (shard,) = (tmp_path / "out").rglob("data/*.parquet")
+    table = pq.read_table(shard, columns=["source_uri", "truncated"])
+    assert table["source_uri"].to_pylist() == [str(p) for p in paths]
+    assert table["truncated"].to_pylist() == [True, False]
+
+
+@pytest.mark.parametrize("fmt", list(CUT_STICKERS))
+@pytest.mark.parametrize("keep", [False, True])
+def test_a_complete_file_is_marked_not_truncated(tmp_path, fmt, keep):
+    data = CUT_STICKERS[fmt](noise_frames(4, 64, 64))
+    row = run_one(write(tmp_path, f"whole.{fmt}", data), decode=DecodeConfig(keep_truncated=keep))
+    assert row["reject_reason"] is None, row["reject_message"]
+    assert row["truncated"] is False
 
 
 def test_too_small(tmp_path):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.config import PreprocessConfig
+from pipeline.config import DecodeConfig, PreprocessConfig
 from schemas.config import ConfigError, from_dict, load, to_dict
 
 
@@ -90,6 +90,8 @@ def test_an_unknown_override_is_named():
         ({"decode.max_frames": "16"}, "decode.max_frames"),
         ({"decode.max_frames": 16.5}, "decode.max_frames"),
         ({"decode.max_frames": True}, "decode.max_frames"),
+        ({"decode.keep_truncated": "yes"}, "decode.keep_truncated"),
+        ({"decode.keep_truncated": 1}, "decode.keep_truncated"),
         ({"ray.address": 5}, "ray.address"),
         ({"inputs.extensions": "gif"}, "inputs.extensions"),
         ({"inputs.extensions": ["gif", 3]}, "inputs.extensions[1]"),
@@ -129,6 +131,12 @@ def test_an_out_of_range_value_is_named(overrides, key):
 def test_max_frames_zero_from_yaml(tmp_path):
     with pytest.raises(ConfigError, match="'decode.max_frames'"):
         load(PreprocessConfig, yaml_file(tmp_path, "decode:\n  max_frames: 0\n"))
+
+
+def test_keep_truncated_is_a_bool_even_when_built_in_code():
+    assert load(PreprocessConfig, None, {"decode.keep_truncated": True}).decode.keep_truncated is True
+    with pytest.raises(ConfigError, match="'decode.keep_truncated'"):
+        DecodeConfig(keep_truncated="no")  # a non-empty string would read as true
 
 
 def test_a_top_level_list_is_refused(tmp_path):

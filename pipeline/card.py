@@ -3,34 +3,32 @@
 from __future__ import annotations
 
 import time
-from collections import Counter
 from importlib.metadata import version
 from typing import Any
 
-import pyarrow.parquet as pq
+import pyarrow.compute as pc
 
+from pipeline.ledger import Ledger
 from schemas.dataset import SCHEMA_VERSION
 from schemas.frames import FRAME_FORMAT
-from schemas.layout import DATA_DIR, REJECTS_DIR, DatasetLayout
 
 
 def software_version() -> str:
     return version("rdtf")
 
 
-def count_outputs(layout: DatasetLayout) -> dict[str, Any]:
-    """Counts read from the files themselves, so they are right after any number of resumed runs."""
-    data_files, reject_files = layout.parquet_files(DATA_DIR), layout.parquet_files(REJECTS_DIR)
-    rows = sum(pq.ParquetFile(f, filesystem=layout.fs).metadata.num_rows for f in data_files)
-    reasons: Counter[str] = Counter()
-    for path in reject_files:
-        reasons.update(pq.read_table(path, columns=["reason"], filesystem=layout.fs)["reason"].to_pylist())
+def count_outputs(ledger: Ledger) -> dict[str, Any]:
+    """Counts from the scan of the files themselves (pipeline.ledger), so they are right after any number of
+    resumed runs."""
+    reasons = pc.value_counts(ledger.table["reason"].drop_null()).to_pylist()
+    by_reason = {r["values"]: r["counts"] for r in sorted(reasons, key=lambda r: r["values"])}
+    rows = ledger.rows().num_rows
     return {
         "rows": rows,
-        "rejects": sum(reasons.values()),
-        "inputs": rows + sum(reasons.values()),
-        "rejects_by_reason": dict(sorted(reasons.items())),
-        "files": {"data": len(data_files), "rejects": len(reject_files)},
+        "rejects": sum(by_reason.values()),
+        "inputs": rows + sum(by_reason.values()),
+        "rejects_by_reason": by_reason,
+        "files": {"data": ledger.data_files, "rejects": ledger.reject_files},
     }
 
 

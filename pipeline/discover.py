@@ -1,7 +1,10 @@
 """Find the inputs of a job: folders (recursive), globs and manifests (CSV, JSONL, Parquet), local or remote.
 
-Each input is one distinct source URI, with the caption and id a manifest gave it. The result is sorted by URI,
-so that every later decision (which duplicate is kept, how inputs are cut into tasks) is independent of listing order.
+The result is one Arrow table (INPUT_SCHEMA), one row per distinct source URI with the caption and id a manifest gave
+it, sorted by URI, so that every later decision (which duplicate is kept, how inputs are cut into tasks) is
+independent of listing order. It stays columnar from the manifest to the Ray dataset: at 10 M inputs a Python object
+per input would cost the driver gigabytes. Folder and glob listings also record `source_version` (size and
+modification time), which is how a re-run notices an input replaced in place.
 """
 
 from __future__ import annotations
@@ -11,42 +14,33 @@ import fnmatch
 import glob as globlib
 import io
 import os
-from dataclasses import dataclass
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.fs as pafs
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
 from pipeline.config import InputConfig
-from schemas.layout import resolve
+from pipeline.read_bytes import file_version
+from schemas.layout import SCHEMES, UnsafeURIError, check_uri, resolve
 
 MANIFEST_SUFFIXES = (".csv", ".jsonl", ".json", ".parquet")
 PATH_COLUMNS = ("uri", "path", "file", "source_uri")
 CAPTION_COLUMNS = ("caption", "text")
 ID_COLUMNS = ("id",)
-
-
-@dataclass(frozen=True)
-class InputItem:
-    """One input: where it is, and what a manifest said about it."""
-
-    source_uri: str
-    caption: str | None = None
-    source_id: str | None = None
+INPUT_SCHEMA = pa.schema(
+    [("source_uri", pa.string()), ("caption", pa.string()), ("source_id", pa.string()), ("source_version", pa.string())]
+)
 
 
 class InputError(ValueError):
-    """An INPUT argument names nothing usable (missing folder, manifest without a path column, ...)."""
+    """An INPUT argument names nothing usable (missing folder, manifest without a path column, unsafe URIs, ...)."""
 
 
-def _join(base: str, name: str) -> str:
-    return name if "://" in base else os.path.join(base, name)
-
-
-def _as_uri(fs: pafs.FileSystem, path: str, template: str) -> str:
-    """Turn a path inside `fs` back into a URI of the same scheme as `template`."""
+def _as_uri(path: str, template: str) -> str:
+    """Turn a path inside the filesystem of `template` back into a URI of the same scheme."""
     if "://" not in template:
         return os.path.abspath(path)
     return f"{template.split('://', 1)[0]}://{path}"
@@ -56,27 +50,35 @@ def _has_extension(name: str, extensions: tuple[str, ...]) -> bool:
     return name.rsplit(".", 1)[-1].lower() in extensions if "." in name else False
 
 
-def _list_folder(uri: str, fs: pafs.FileSystem, path: str, cfg: InputConfig) -> list[InputItem]:
+def _listed(infos: list[pafs.FileInfo], template: str, keep) -> pa.Table:
+    """The files among `infos` that `keep(info)` accepts, as INPUT_SCHEMA rows."""
+    files = [i for i in infos if i.type == pafs.FileType.File and keep(i)]
+    return pa.table(
+        {
+            "source_uri": [_as_uri(i.path, template) for i in files],
+            "caption": pa.nulls(len(files), pa.string()),
+            "source_id": pa.nulls(len(files), pa.string()),
+            "source_version": [file_version(i) for i in files],
+        },
+        schema=INPUT_SCHEMA,
+    )
+
+
+def _list_folder(uri: str, fs: pafs.FileSystem, path: str, cfg: InputConfig) -> pa.Table:
     infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
-    return [
-        InputItem(_as_uri(fs, i.path, uri))
-        for i in infos
-        if i.type == pafs.FileType.File and _has_extension(i.base_name, cfg.extensions)
-    ]
+    return _listed(infos, uri, lambda i: _has_extension(i.base_name, cfg.extensions))
 
 
-def _expand_glob(pattern: str, cfg: InputConfig) -> list[InputItem]:
+def _expand_glob(pattern: str, cfg: InputConfig) -> pa.Table:
     if "://" not in pattern:
         paths = globlib.glob(os.path.expanduser(pattern), recursive=True)
-        return [InputItem(os.path.abspath(p)) for p in paths if os.path.isfile(p) and _has_extension(p, cfg.extensions)]
+        wanted = [os.path.abspath(p) for p in paths if _has_extension(p, cfg.extensions)]
+        infos = pafs.LocalFileSystem().get_file_info(wanted)
+        return _listed(infos, pattern, lambda i: True)
     fs, path = resolve(pattern)
     root = path.split("*", 1)[0].rsplit("/", 1)[0]
     infos = fs.get_file_info(pafs.FileSelector(root, recursive=True))
-    return [
-        InputItem(_as_uri(fs, i.path, pattern))
-        for i in infos
-        if i.type == pafs.FileType.File and fnmatch.fnmatch(i.path, path)
-    ]
+    return _listed(infos, pattern, lambda i: fnmatch.fnmatch(i.path, path))
 
 
 def _read_manifest(fs: pafs.FileSystem, path: str) -> pa.Table:
@@ -100,7 +102,29 @@ def _pick(columns: list[str], chosen: str | None, defaults: tuple[str, ...], wha
     return next((c for c in defaults if c in columns), None)
 
 
-def _from_manifest(uri: str, fs: pafs.FileSystem, path: str, cfg: InputConfig) -> list[InputItem]:
+def _text(column: pa.ChunkedArray | None, rows: int) -> pa.ChunkedArray | pa.Array:
+    """A manifest column as text, empty strings as null; all null when the manifest has no such column."""
+    if column is None:
+        return pa.nulls(rows, pa.string())
+    text = column.cast(pa.string())
+    return pc.if_else(pc.equal(text, ""), pa.scalar(None, pa.string()), text)
+
+
+def _absolute(names: pa.ChunkedArray, base: str) -> pa.ChunkedArray:
+    """Manifest paths relative to the manifest's folder made absolute (URIs and absolute paths as they are)."""
+    as_is = pc.or_(pc.match_substring(names, "://"), pc.starts_with(names, "/"))
+    joined = pc.if_else(as_is, names, pc.binary_join_element_wise(base, names, "/"))
+    local = pc.invert(pc.match_substring(joined, "://"))
+    odd = pc.and_(local, pc.or_(pc.match_substring(joined, "/."), pc.match_substring(joined, "//")))
+    if not pc.any(odd).as_py():  # the usual case: nothing to normalise
+        return joined
+    values = joined.to_pylist()  # "a/./b", "a/../b", "a//b": rare, so Python's rules on these alone
+    for i in pc.indices_nonzero(odd).to_pylist():
+        values[i] = os.path.normpath(values[i])
+    return pa.chunked_array([pa.array(values, pa.string())])
+
+
+def _from_manifest(uri: str, fs: pafs.FileSystem, path: str, cfg: InputConfig) -> pa.Table:
     table = _read_manifest(fs, path)
     columns = table.column_names
     path_col = _pick(columns, cfg.path_column, PATH_COLUMNS, "path", uri)
@@ -111,52 +135,69 @@ def _from_manifest(uri: str, fs: pafs.FileSystem, path: str, cfg: InputConfig) -
         )
     caption_col = _pick(columns, cfg.caption_column, CAPTION_COLUMNS, "caption", uri)
     id_col = _pick(columns, cfg.id_column, ID_COLUMNS, "id", uri)
+    names = _text(table[path_col], table.num_rows)
+    present = pc.is_valid(names)
+    table, names = table.filter(present), names.filter(present)
     base = uri.rsplit("/", 1)[0] if "://" in uri else os.path.dirname(os.path.abspath(uri))
-    items = []
-    for row in table.select([c for c in (path_col, caption_col, id_col) if c]).to_pylist():
-        name = row[path_col]
-        if not name:
-            continue
-        name = str(name)
-        target = name if "://" in name or os.path.isabs(name) else _join(base, name)
-        caption = row.get(caption_col) if caption_col else None
-        source_id = row.get(id_col) if id_col else None
-        items.append(
-            InputItem(
-                target if "://" in target else os.path.abspath(target),
-                str(caption) if caption not in (None, "") else None,
-                str(source_id) if source_id is not None else None,
-            )
-        )
-    return items
+    return pa.table(
+        {
+            "source_uri": _absolute(names, base),
+            "caption": _text(table[caption_col] if caption_col else None, table.num_rows),
+            "source_id": _text(table[id_col] if id_col else None, table.num_rows),
+            "source_version": pa.nulls(table.num_rows, pa.string()),  # a manifest says nothing of the content
+        },
+        schema=INPUT_SCHEMA,
+    )
 
 
-def discover(inputs: list[str], cfg: InputConfig) -> list[InputItem]:
-    """Expand every INPUT argument into distinct inputs sorted by URI.
+def _refuse_unsafe(uris: pa.ChunkedArray) -> None:
+    """Every URI checked at once (the rule of schemas.layout.check_uri): one error naming a few, before any I/O."""
+    remote = pc.match_substring(uris, "://")
+    if not pc.any(remote).as_py():
+        return
+    scheme = pc.utf8_lower(pc.struct_field(pc.extract_regex(uris, r"^(?P<s>[^:/]*)://"), [0]))
+    known = pc.is_in(scheme, value_set=pa.array(SCHEMES))
+    tainted = pc.or_(pc.match_substring(uris, "?"), pc.match_substring(uris, "#"))
+    bad = pc.and_(remote, pc.or_(pc.invert(known), tainted))
+    count = pc.sum(bad).as_py() or 0
+    if count:
+        first = uris.filter(bad)[0].as_py()
+        try:
+            check_uri(first)
+        except UnsafeURIError as error:
+            raise InputError(f"{count} input(s) refused, e.g. {error}. Remove or fix them, then run again.") from None
 
-    A URI named twice is one input; its caption and id come from its first mention that has them.
+
+def discover(inputs: list[str], cfg: InputConfig) -> pa.Table:
+    """Expand every INPUT argument into distinct inputs (INPUT_SCHEMA) sorted by URI.
+
+    A URI named twice is one input; its caption, id and version come from its first mention that has them.
     """
-    found: dict[str, InputItem] = {}
+    parts = []
     for arg in inputs:
+        try:
+            check_uri(arg)
+        except UnsafeURIError as error:
+            raise InputError(str(error)) from None
         if any(ch in arg for ch in "*?["):
-            items = _expand_glob(arg, cfg)
+            parts.append(_expand_glob(arg, cfg))
+            continue
+        fs, path = resolve(arg)
+        info = fs.get_file_info(path)
+        if info.type == pafs.FileType.Directory:
+            parts.append(_list_folder(arg, fs, path, cfg))
+        elif info.type == pafs.FileType.File and path.lower().endswith(MANIFEST_SUFFIXES):
+            parts.append(_from_manifest(arg, fs, path, cfg))
+        elif info.type == pafs.FileType.File:
+            parts.append(_listed([info], arg, lambda i: True))
         else:
-            fs, path = resolve(arg)
-            info = fs.get_file_info(path)
-            if info.type == pafs.FileType.Directory:
-                items = _list_folder(arg, fs, path, cfg)
-            elif info.type == pafs.FileType.File and path.lower().endswith(MANIFEST_SUFFIXES):
-                items = _from_manifest(arg, fs, path, cfg)
-            elif info.type == pafs.FileType.File:
-                items = [InputItem(_as_uri(fs, path, arg))]
-            else:
-                raise InputError(f"input {arg} does not exist: name a folder, a glob, a manifest or a file")
-        for item in items:
-            known = found.get(item.source_uri)
-            if known is None:
-                found[item.source_uri] = item
-            elif (known.caption is None and item.caption) or (known.source_id is None and item.source_id):
-                found[item.source_uri] = InputItem(
-                    item.source_uri, known.caption or item.caption, known.source_id or item.source_id
-                )
-    return [found[uri] for uri in sorted(found)]
+            raise InputError(f"input {arg} does not exist: name a folder, a glob, a manifest or a file")
+    table = pa.concat_tables(parts) if parts else INPUT_SCHEMA.empty_table()
+    _refuse_unsafe(table["source_uri"])
+    if table.num_rows:
+        # One row per URI; "first" keeps the earliest non-null value (in order: use_threads=False).
+        firsts = [(c, "first") for c in INPUT_SCHEMA.names[1:]]
+        table = table.group_by("source_uri", use_threads=False).aggregate(firsts)
+        table = table.select(["source_uri", *(f"{c}_first" for c in INPUT_SCHEMA.names[1:])])
+        table = table.rename_columns(INPUT_SCHEMA.names)
+    return table.sort_by("source_uri").cast(INPUT_SCHEMA)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from pipeline.read_bytes import read_bytes
+from pipeline.read_bytes import read_input
 from pipeline.stage import Stage
 
 
@@ -19,11 +19,11 @@ class HashStage(Stage):
 
     name = "hash"
     reads = ("source_uri",)
-    writes = ("sample_id", "num_bytes")
+    writes = ("sample_id", "num_bytes", "source_version")
 
     def __init__(self, max_file_bytes: int):
         self.max_file_bytes = max_file_bytes
 
     def process_row(self, row: dict[str, Any]) -> dict[str, Any]:
-        data = read_bytes(row["source_uri"], self.max_file_bytes)
-        return {"sample_id": content_hash(data), "num_bytes": len(data)}
+        data, version = read_input(row["source_uri"], self.max_file_bytes)
+        return {"sample_id": content_hash(data), "num_bytes": len(data), "source_version": version}

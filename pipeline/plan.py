@@ -158,23 +158,27 @@ def map_stages(dataset: Any, stages: list[Stage], input_columns: tuple[str, ...]
 
 
 def run_stages(
-    rows: list[dict[str, Any]],
+    rows: pa.Table,
     stages: list[Stage],
     input_columns: tuple[str, ...],
     sink: Any,
     schema: pa.Schema,
     rows_per_task: int,
 ) -> Iterator[pa.Table]:
-    """Stream `rows` through the stages on Ray Data; yield the last leg's output (`schema`) as blocks finish.
+    """Stream `rows` (an Arrow table holding `input_columns`) through the stages on Ray Data; yield the last leg's
+    output (`schema`) as blocks finish.
 
     Blocks hold at most `rows_per_task` rows (so a shard never holds more), and there are enough of them to keep
     every CPU busy.
     """
+    if rows.num_rows == 0:
+        return
     import ray
 
     cpus = int(ray.cluster_resources().get("CPU", 1))
-    blocks = min(len(rows), max(math.ceil(len(rows) / rows_per_task), TASKS_PER_CPU * cpus))
-    dataset = ray.data.from_items(rows, override_num_blocks=blocks)
+    blocks = min(rows.num_rows, max(math.ceil(rows.num_rows / rows_per_task), TASKS_PER_CPU * cpus))
+    size = math.ceil(rows.num_rows / blocks)
+    dataset = ray.data.from_arrow([rows.slice(start, size) for start in range(0, rows.num_rows, size)])
     yield from map_stages(dataset, stages, input_columns, sink, schema).iter_batches(
         batch_format="pyarrow", batch_size=None
     )

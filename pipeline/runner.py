@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from tqdm import tqdm
 
 import pipeline
@@ -34,26 +35,28 @@ from pipeline.clip import ClipInputStage, ClipSetup, ClipStage, prepare
 from pipeline.clip_models import RANDOM_WARNING
 from pipeline.config import PreprocessConfig, RayConfig
 from pipeline.decode import DecodeStage, ProbeStage
-from pipeline.dedupe import kept_copies
-from pipeline.discover import InputError, InputItem, discover
+from pipeline.dedupe import duplicates
+from pipeline.discover import InputError, discover
 from pipeline.entropy import EntropyStage
 from pipeline.filters import EntropyFilterStage, MetadataFilterStage
 from pipeline.hash_inputs import HashStage
 from pipeline.keyframes import KeyframeStage
-from pipeline.ledger import accounted, entries, remove_temp_files
+from pipeline.ledger import Ledger, drop_inputs, remove_temp_files, scan
 from pipeline.lock import OutputLock, OutputLockedError
 from pipeline.near_duplicates import drop_rejected_rows, near_duplicate_pass
 from pipeline.plan import run_stages
-from pipeline.stage import STATUS_COLUMNS, Stage, check_chain
+from pipeline.stage import NOT_DONE, STATUS_COLUMNS, Stage, check_chain
 from pipeline.write import EncodeFramesStage, ShardWriter, clear_staging, publish, write_rejects
 from schemas.config import ConfigError, to_dict
+from schemas.dataset import REJECT_SCHEMA
 from schemas.layout import DatasetLayout
 
 log = logging.getLogger("rdtf.preprocess")
 
-INPUT_COLUMNS = ("source_uri", "sample_id", "num_bytes", "caption", "source_id")
+INPUT_COLUMNS = ("source_uri", "sample_id", "num_bytes", "source_version", "caption", "source_id")
 HASH_OUTPUT = pa.schema(
     [("source_uri", pa.string()), ("sample_id", pa.string()), ("num_bytes", pa.int64())]
+    + [("source_version", pa.string())]
     + [(c, pa.string()) for c in STATUS_COLUMNS]
 )
 SUMMARY_OUTPUT = pa.schema(
@@ -75,6 +78,8 @@ class PreprocessSummary:
     rejected: Counter = field(default_factory=Counter)  # rejects this run, by reason
     seconds: float = 0.0
     bytes_read: int = 0
+    changed: int = 0  # of the inputs done before, those changed since (size or mtime): redone, old rows replaced
+    not_done: int = 0  # inputs that failed for a reason that may pass (I/O): neither row nor reject; retried next run
     near_duplicates: int = 0  # rows the near-duplicate pass moved to the rejects, earlier runs' rows included
     clip: str = "skipped: no clip.weights (--clip-weights PATH|TAG|random)"  # what the CLIP stage did
     card: dict[str, Any] = field(default_factory=dict)
@@ -92,6 +97,13 @@ class PreprocessSummary:
             f"{self.seconds:.1f} s, {rate:.1f} inputs/s, {self.bytes_read / 2**20:.1f} MiB read",
         ]
         lines += [f"  rejected {reason}: {n}" for reason, n in sorted(self.rejected.items())]
+        if self.changed:
+            lines.append(f"changed since done: {self.changed} inputs redone, their old rows replaced")
+        if self.not_done:
+            lines.append(
+                f"not done: {self.not_done} inputs could not be read after retries (I/O errors, see the log with -v); "
+                "run the same command again to retry them"
+            )
         lines.append(f"clip: {self.clip}")
         if self.near_duplicates:
             lines.append(f"near-duplicates: {self.near_duplicates} rows moved to the rejects")
@@ -188,15 +200,68 @@ def _check_config(layout: DatasetLayout, config: dict[str, Any], clip: ClipSetup
         )
 
 
-def _hash_pass(todo: list[InputItem], cfg: PreprocessConfig, show_progress: bool) -> list[dict[str, Any]]:
+def _hash_pass(todo: pa.Table, cfg: PreprocessConfig, show_progress: bool) -> pa.Table:
+    """Every input of `todo` read and hashed on Ray Data: HASH_OUTPUT, as Arrow."""
     stage = HashStage(cfg.decode.max_file_bytes)
-    results: list[dict[str, Any]] = []
-    rows = [{"source_uri": i.source_uri} for i in todo]
-    with tqdm(total=len(todo), desc="hashing", unit="input", disable=not show_progress) as bar:
-        for batch in run_stages(rows, [stage], ("source_uri",), None, HASH_OUTPUT, 1024):
-            results += batch.to_pylist()
+    batches = []
+    with tqdm(total=todo.num_rows, desc="hashing", unit="input", disable=not show_progress) as bar:
+        for batch in run_stages(todo.select(["source_uri"]), [stage], ("source_uri",), None, HASH_OUTPUT, 1024):
+            batches.append(batch)
             bar.update(batch.num_rows)
-    return results
+    return pa.concat_tables(batches).cast(HASH_OUTPUT) if batches else HASH_OUTPUT.empty_table()
+
+
+def _early_rejects(hashed: pa.Table, dupes: pa.Table) -> pa.Table:
+    """REJECT_SCHEMA rows for what the hash pass rejected and for the duplicates (NOT_DONE inputs are neither)."""
+    reason = hashed["reject_reason"]
+    failed = hashed.filter(pc.and_(pc.is_valid(reason), pc.not_equal(reason, NOT_DONE)))
+    message = pc.binary_join_element_wise("same bytes as ", dupes["kept_uri"], "")
+    duplicates = pa.table(
+        {
+            "source_uri": dupes["source_uri"],
+            "sample_id": dupes["sample_id"],
+            "source_version": dupes["source_version"],
+            "stage": pa.array(["dedupe"] * dupes.num_rows, pa.string()),
+            "reason": pa.array(["duplicate"] * dupes.num_rows, pa.string()),
+            "message": message,
+            "kept_sample_id": dupes["sample_id"],
+        }
+    )
+    columns = {"stage": "reject_stage", "reason": "reject_reason", "message": "reject_message"}
+    failed = failed.select([columns.get(c, c) for c in REJECT_SCHEMA.names]).rename_columns(REJECT_SCHEMA.names)
+    return pa.concat_tables([failed.cast(REJECT_SCHEMA), duplicates.cast(REJECT_SCHEMA)]).sort_by("source_uri")
+
+
+def _changed(items: pa.Table, ledger: Ledger) -> pa.Array:
+    """URIs whose listed version (size and mtime) differs from the one recorded when they were done."""
+    listed = items.filter(pc.is_valid(items["source_version"])).select(["source_uri", "source_version"])
+    done = ledger.table.filter(pc.is_valid(ledger.table["source_version"])).select(["source_uri", "source_version"])
+    both = listed.join(done.rename_columns(["source_uri", "done_version"]), "source_uri")
+    return pc.unique(both.filter(pc.not_equal(both["source_version"], both["done_version"]))["source_uri"])
+
+
+def _counts(values: pa.ChunkedArray | pa.Array) -> Counter:
+    """How many times each non-null value occurs."""
+    return Counter({c["values"]: c["counts"] for c in pc.value_counts(values.drop_null()).to_pylist()})
+
+
+def _check_accounting(ledger: Ledger, inputs: pa.Table, not_done: pa.Array) -> None:
+    """Every input named by this run is a row or a reject exactly once (unless left NOT_DONE), and no two rows of
+    the dataset share a sample_id. Raises with examples: either would be a bug in rdtf."""
+    table = ledger.table
+    named = table.filter(pc.is_in(table["source_uri"], value_set=inputs["source_uri"]))
+    counts = named.group_by("source_uri").aggregate([("source_uri", "count")])
+    twice = counts.filter(pc.greater(counts["source_uri_count"], 1))["source_uri"]
+    expected = inputs.filter(pc.invert(pc.is_in(inputs["source_uri"], value_set=not_done)))
+    missing = expected.join(counts, "source_uri", join_type="left anti")["source_uri"]
+    ids = ledger.rows().group_by("sample_id").aggregate([("sample_id", "count")])
+    shared = ids.filter(pc.greater(ids["sample_id_count"], 1))["sample_id"]
+    if len(missing) or len(twice) or len(shared):
+        raise RuntimeError(
+            f"accounting check failed: {len(missing)} inputs missing (e.g. {missing[:3].to_pylist()}), "
+            f"{len(twice)} present more than once (e.g. {twice[:3].to_pylist()}), {len(shared)} sample ids on more "
+            f"than one row (e.g. {shared[:3].to_pylist()}). This is a bug in rdtf: please report it."
+        )
 
 
 def run_preprocess(
@@ -215,9 +280,9 @@ def run_preprocess(
     elif clip.weights.kind == "random":
         log.warning("WARNING: %s", RANDOM_WARNING)
 
-    # 1. Inputs, minus what the output already accounts for.
+    # 1. Inputs, minus what the output already accounts for (an input changed since it was done is redone).
     items = discover(inputs, cfg.inputs)
-    if not items:
+    if items.num_rows == 0:
         raise InputError(f"no inputs found in {inputs} (extensions looked for: {', '.join(cfg.inputs.extensions)})")
     _check_config(layout, config, clip)
     run_id = uuid.uuid4().hex
@@ -228,10 +293,16 @@ def run_preprocess(
         clear_staging(layout)  # shards of killed runs that were never published: redone below
         if cfg.clip.near_duplicate_threshold is not None and drop_rejected_rows(layout):
             log.info("finished moving the near-duplicates that a killed run had rejected")
-        done = accounted(layout)
-        todo = [item for item in items if item.source_uri not in done]
-        summary = PreprocessSummary(output, len(items), len(items) - len(todo))
-        log.info("%d inputs, %d already accounted for, %d to do", len(items), summary.already_done, len(todo))
+        ledger = scan(layout)
+        changed = _changed(items, ledger)
+        if len(changed):
+            log.info("%d inputs changed since they were done: their old rows are replaced", len(changed))
+            drop_inputs(layout, ledger, changed)
+            ledger = ledger.without(changed)
+        todo = items.join(ledger.table.select(["source_uri"]), "source_uri", join_type="left anti")
+        todo = todo.sort_by("source_uri")
+        summary = PreprocessSummary(output, items.num_rows, items.num_rows - todo.num_rows, changed=len(changed))
+        log.info("%d inputs, %d already accounted for, %d to do", items.num_rows, summary.already_done, todo.num_rows)
         layout.write_card(make_card(config, "running", None, None, clip.card() if clip else None))
 
         with ray_session(cfg.ray, show_progress):
@@ -246,90 +317,68 @@ def run_preprocess(
                     summary.clip += f" -- WARNING: {RANDOM_WARNING}"
 
             # 2. Hash pass.
-            hashed = _hash_pass(todo, cfg, show_progress) if todo else []
+            hashed = _hash_pass(todo, cfg, show_progress)
+            not_done = [hashed.filter(pc.equal(hashed["reject_reason"], NOT_DONE))["source_uri"].combine_chunks()]
 
-            # 3. Unreadable inputs and duplicates (against everything, including inputs done by earlier runs).
-            wanted = {item.source_uri for item in items}
-            known = {uri: sid for uri, sid in done.items() if uri in wanted and sid is not None}
-            known.update({r["source_uri"]: r["sample_id"] for r in hashed if r["reject_reason"] is None})
-            kept = kept_copies(known)
-            for row in hashed:
-                if row["reject_reason"] is None and kept[row["sample_id"]] != row["source_uri"]:
-                    row.update(
-                        reject_reason="duplicate",
-                        reject_stage="dedupe",
-                        reject_message=f"same bytes as {kept[row['sample_id']]}",
-                        kept_sample_id=row["sample_id"],
-                    )
-            early = [r for r in hashed if r["reject_reason"] is not None]
-            for begin in range(0, len(early), cfg.ray.rows_per_shard):
-                chunk = early[begin : begin + cfg.ray.rows_per_shard]
-                write_rejects(layout, {c: [r[c] for r in chunk] for c in HASH_OUTPUT.names})
-            summary.rejected.update(r["reject_reason"] for r in early)
+            # 3. Unreadable inputs and duplicates (against this run's inputs and every row already in the dataset).
+            readable = hashed.filter(pc.is_null(hashed["reject_reason"]))
+            dupes = duplicates(readable, ledger.rows())
+            early = _early_rejects(hashed, dupes)
+            write_rejects(layout, early, cfg.ray.rows_per_shard)
+            summary.rejected.update(_counts(early["reason"]))
 
             # 4. Main pass over the kept copies.
-            by_uri = {item.source_uri: item for item in todo}
-            rows = [
-                {
-                    **{c: r[c] for c in ("source_uri", "sample_id", "num_bytes")},
-                    "caption": by_uri[r["source_uri"]].caption,
-                    "source_id": by_uri[r["source_uri"]].source_id,
-                }
-                for r in hashed
-                if r["reject_reason"] is None
-            ]
+            kept = readable.join(dupes.select(["source_uri"]), "source_uri", join_type="left anti")
+            rows = kept.join(todo.select(["source_uri", "caption", "source_id"]), "source_uri")
+            rows = rows.sort_by("source_uri").select(list(INPUT_COLUMNS))
             stages = main_stages(cfg, clip)
             sink = ShardWriter(output, cfg.decode.frame_size, run_id)
-            written_now: set[str] = set()
+            written_now: list[pa.Array] = []  # the URIs of this run's rows, for the near-duplicate pass
             published: set[str] = set()  # one entry per shard, not per input
-            batches = (
-                run_stages(rows, stages, INPUT_COLUMNS, sink, SUMMARY_OUTPUT, cfg.ray.rows_per_shard) if rows else []
-            )
-            with tqdm(total=len(rows), desc="preprocessing", unit="sticker", disable=not show_progress) as bar:
+            batches = run_stages(rows, stages, INPUT_COLUMNS, sink, SUMMARY_OUTPUT, cfg.ray.rows_per_shard)
+            with tqdm(total=rows.num_rows, desc="preprocessing", unit="sticker", disable=not show_progress) as bar:
                 for batch in batches:
                     # data/ before rejects/: a run killed between the two redoes only rejects (sorted puts data first)
                     if lock.lost:
                         raise OutputLockedError(f"another rdtf preprocess took over {output} while this one ran")
-                    for shard in sorted(set(batch["shard"].to_pylist()) - published):
+                    for shard in sorted(set(batch["shard"].drop_null().to_pylist()) - published):
                         publish(layout, run_id, shard)
                         published.add(shard)
-                    for uri, reason, size, _ in zip(*(batch[c].to_pylist() for c in SUMMARY_OUTPUT.names), strict=True):
-                        summary.bytes_read += size or 0
-                        if reason is None:
-                            written_now.add(uri)
-                        else:
-                            summary.rejected[reason] += 1
+                    reason = batch["reject_reason"]
+                    summary.bytes_read += pc.sum(batch["num_bytes"]).as_py() or 0
+                    written_now.append(batch.filter(pc.is_null(reason))["source_uri"].combine_chunks())
+                    summary.rejected.update(_counts(reason.filter(pc.not_equal(reason, NOT_DONE))))
+                    not_done.append(batch.filter(pc.equal(reason, NOT_DONE))["source_uri"].combine_chunks())
                     bar.update(batch.num_rows)
+            written = pa.chunked_array(written_now, pa.string())
 
             # 5. Near-duplicates across the whole dataset, when this run added rows or an earlier one did not finish.
             threshold = cfg.clip.near_duplicate_threshold
-            if clip is not None and threshold is not None and (written_now or not finished_before):
+            if clip is not None and threshold is not None and (len(written) or not finished_before):
                 moved = near_duplicate_pass(layout, threshold, cfg.clip.near_duplicate_cluster_rows)
                 summary.near_duplicates = len(moved)
-                summary.rejected["near_duplicate"] += len(written_now.intersection(moved))
-                written_now.difference_update(moved)
-            summary.written = len(written_now)
+                gone = pc.is_in(written, value_set=pa.array(sorted(moved), pa.string()))
+                summary.rejected["near_duplicate"] += pc.sum(gone).as_py() or 0
+                written = written.filter(pc.invert(gone))
+            summary.written = len(written)
         clear_staging(layout, run_id)
 
-        # 6. Account for every input exactly once, then the card.
-        written = entries(layout)
-        present = Counter(uri for uri, _ in written if uri in wanted)
-        missing = [uri for uri in wanted if uri not in present]
-        twice = [uri for uri, n in present.items() if n > 1]
-        if missing or twice:
-            raise RuntimeError(
-                f"accounting check failed: {len(missing)} inputs missing (e.g. {missing[:3]}), "
-                f"{len(twice)} present more than once (e.g. {twice[:3]}). This is a bug in rdtf: please report it."
-            )
+        # 6. Account for every input exactly once, then the card: one more scan of the output.
+        left = pa.chunked_array(not_done, pa.string()).combine_chunks()
+        summary.not_done = len(left)
+        ledger = scan(layout)
+        _check_accounting(ledger, items, left)
         summary.seconds = time.monotonic() - start
         last_run = {
             "inputs": summary.inputs,
             "already_done": summary.already_done,
             "written": summary.written,
             "rejected": dict(summary.rejected),
+            "changed": summary.changed,
+            "not_done": summary.not_done,
             "near_duplicates_moved": summary.near_duplicates,
             "seconds": round(summary.seconds, 2),
         }
-        summary.card = make_card(config, "complete", count_outputs(layout), last_run, clip.card() if clip else None)
+        summary.card = make_card(config, "complete", count_outputs(ledger), last_run, clip.card() if clip else None)
         layout.write_card(summary.card)
         return summary

@@ -29,6 +29,18 @@ class Reject(Exception):
         self.kept_sample_id = kept_sample_id
 
 
+# Not a reject reason: an input that failed for a reason that may pass (see NotDone). Such a row is written nowhere.
+NOT_DONE = "not_done"
+
+
+class NotDone(Reject):
+    """Raised when an input could not be processed for a reason that may pass (throttling, a dropped connection),
+    after retries: it is neither a row nor a reject, and the next run tries it again."""
+
+    def __init__(self, message: str):
+        super().__init__(NOT_DONE, message)
+
+
 @dataclass(frozen=True)
 class Resources:
     """What one worker of a stage asks Ray for, and whether workers are tasks or a pool of actors."""

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from pipeline.stage import Batch, Stage
+from pipeline.stage import NOT_DONE, Batch, Stage
 from schemas.dataset import REJECT_SCHEMA, SAMPLE_SCHEMA
 from schemas.frames import encode_frame
 from schemas.layout import DATA_DIR, REJECTS_DIR, STAGING_DIR, TEMP_PREFIX, DatasetLayout
@@ -60,17 +60,19 @@ def clear_staging(layout: DatasetLayout, run_id: str | None = None) -> None:
 
 
 def reject_rows(batch: Batch) -> list[dict[str, Any]]:
+    """The batch's rejects as REJECT_SCHEMA rows (inputs left NOT_DONE are not rejects: they are written nowhere)."""
     return [
         {
             "source_uri": batch["source_uri"][i],
             "sample_id": batch["sample_id"][i] if "sample_id" in batch else None,
+            "source_version": batch["source_version"][i] if "source_version" in batch else None,
             "stage": batch["reject_stage"][i],
             "reason": batch["reject_reason"][i],
             "message": batch["reject_message"][i],
             "kept_sample_id": batch["kept_sample_id"][i],
         }
         for i in range(len(batch["source_uri"]))
-        if batch["reject_reason"][i] is not None
+        if batch["reject_reason"][i] not in (None, NOT_DONE)
     ]
 
 
@@ -103,6 +105,7 @@ def sample_row(batch: Batch, i: int, frame_size: int) -> dict[str, Any]:
         "sample_id": batch["sample_id"][i],
         "source_uri": batch["source_uri"][i],
         "source_id": batch["source_id"][i],
+        "source_version": batch["source_version"][i],
         "format": batch["format"][i],
         "num_bytes": batch["num_bytes"][i],
         "width": batch["width"][i],
@@ -123,13 +126,12 @@ def sample_row(batch: Batch, i: int, frame_size: int) -> dict[str, Any]:
     }
 
 
-def write_rejects(layout: DatasetLayout, batch: Batch) -> None:
-    """Write only the rejects of a batch (the driver's hash-pass and duplicate rejects)."""
-    rows = reject_rows(batch)
-    if rows:
-        write_table(
-            layout, REJECTS_DIR, shard_name([r["source_uri"] for r in rows]), pa.Table.from_pylist(rows, REJECT_SCHEMA)
-        )
+def write_rejects(layout: DatasetLayout, rejects: pa.Table, rows_per_shard: int) -> None:
+    """Write the driver's rejects (REJECT_SCHEMA: the hash pass's and the duplicates) in shards of at most
+    `rows_per_shard`, each named after its inputs like the workers' shards."""
+    for start in range(0, rejects.num_rows, rows_per_shard):
+        shard = rejects.slice(start, rows_per_shard)
+        write_table(layout, REJECTS_DIR, shard_name(shard["source_uri"].to_pylist()), shard)
 
 
 class ShardWriter:
@@ -143,9 +145,9 @@ class ShardWriter:
     # The columns it writes from: what an earlier worker must hand on (the CLIP columns and caption_source only
     # when they exist).
     reads = (
-        "sample_id", "source_uri", "source_id", "format", "num_bytes", "width", "height", "num_frames", "truncated",
-        "frame_durations_ms", "encoded_frames", "frame_timestamps_ms", "keyframe_sets", "caption", "caption_source",
-        "spatial_entropy", "temporal_entropy", "static_difficulty", *CLIP_COLUMNS,
+        "sample_id", "source_uri", "source_id", "source_version", "format", "num_bytes", "width", "height",
+        "num_frames", "truncated", "frame_durations_ms", "encoded_frames", "frame_timestamps_ms", "keyframe_sets",
+        "caption", "caption_source", "spatial_entropy", "temporal_entropy", "static_difficulty", *CLIP_COLUMNS,
     )  # fmt: skip
 
     def __init__(self, output: str, frame_size: int, run_id: str):
@@ -164,5 +166,6 @@ class ShardWriter:
         if rejects:
             write_table(layout, REJECTS_DIR, name, pa.Table.from_pylist(rejects, REJECT_SCHEMA), self.run_id)
         summary = {column: list(batch[column]) for column in SUMMARY_COLUMNS if column != "shard"}
-        kinds = [REJECTS_DIR if reason is not None else DATA_DIR for reason in batch["reject_reason"]]
-        return summary | {"shard": [f"{kind}/{name}" for kind in kinds]}
+        kinds = {None: DATA_DIR, NOT_DONE: None}
+        shards = [kinds.get(reason, REJECTS_DIR) for reason in batch["reject_reason"]]
+        return summary | {"shard": [None if kind is None else f"{kind}/{name}" for kind in shards]}

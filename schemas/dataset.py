@@ -29,7 +29,9 @@ REJECT_REASONS = {
     "decoder_crash": "the decoder crashed its process on this file (the rest of its task was written)",
     "timeout": "decoding took longer than decode.timeout_s",
     "too_large": "decoding needed more memory than decode.max_memory_mb",
-    "decompression_bomb": "width x height x frames exceeds decode.max_total_pixels",
+    "decompression_bomb": (
+        "the pixels a decoder would allocate (each frame's canvas and own rectangle) exceed decode.max_total_pixels"
+    ),
     "too_small": "the shorter side is below filters.min_side",
     "bad_aspect_ratio": "the long side over the short side exceeds filters.max_aspect_ratio",
     "too_few_frames": "fewer frames than filters.min_frames",

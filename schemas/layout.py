@@ -22,10 +22,35 @@ TEMP_PREFIX = ".tmp-"
 STAGING_DIR = "_staging"
 
 
+# URI schemes rdtf reads and writes (those pyarrow's filesystems open). Anything else is refused before any I/O.
+SCHEMES = ("file", "s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss")
+
+
+class UnsafeURIError(ValueError):
+    """A URI rdtf refuses to open: an unknown scheme, or a query string or fragment."""
+
+
+def check_uri(uri: str) -> None:
+    """Refuse URIs whose scheme is not in SCHEMES or that carry '?' or '#'. pyarrow reads settings such as
+    `endpoint_override` from a URI's query string, so one manifest line could send workers, with their credentials,
+    to any host; those settings belong in the environment or the filesystem's own configuration."""
+    if "://" not in uri:
+        return
+    scheme = uri.split("://", 1)[0].lower()
+    if scheme not in SCHEMES:
+        raise UnsafeURIError(f"{uri}: rdtf does not read '{scheme}://' URIs (it reads {', '.join(SCHEMES)})")
+    if "?" in uri or "#" in uri:
+        raise UnsafeURIError(
+            f"{uri}: URIs may not carry a query string or fragment (filesystem settings such as endpoint_override "
+            "go in the environment, e.g. AWS_ENDPOINT_URL, not in each path)"
+        )
+
+
 def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
-    """Return the filesystem and the path inside it for a local path or a URI."""
+    """Return the filesystem and the path inside it for a local path or a URI (checked by `check_uri`)."""
     if "://" not in uri:
         return pafs.LocalFileSystem(), os.path.abspath(uri)
+    check_uri(uri)
     return pafs.FileSystem.from_uri(uri)
 
 

@@ -29,8 +29,12 @@ def _major(version: str) -> str:
 
 def check_version(fs, path: str) -> None:
     """Raise SchemaVersionError unless the file at `path` has this rdtf's major schema version."""
-    metadata = pq.read_schema(path, filesystem=fs).metadata or {}
-    found = metadata.get(VERSION_KEY, b"").decode() or "none"
+    check_metadata(pq.read_schema(path, filesystem=fs).metadata, path)
+
+
+def check_metadata(metadata: dict[bytes, bytes] | None, path: str) -> None:
+    """`check_version` on a schema's metadata already read (one footer read per file when scanning)."""
+    found = (metadata or {}).get(VERSION_KEY, b"").decode() or "none"
     if _major(found) != _major(SCHEMA_VERSION):
         raise SchemaVersionError(
             f"{path} has schema version {found}, but this rdtf reads version {SCHEMA_VERSION}. "

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.config import InputConfig
-from pipeline.discover import InputError, InputItem, discover
+from pipeline.discover import InputError, discover
 
 
 @pytest.fixture()
@@ -22,25 +22,27 @@ def folder(tmp_path: Path) -> Path:
 
 
 def test_folder_is_searched_recursively_for_sticker_extensions(folder: Path) -> None:
-    found = [Path(i.source_uri).relative_to(folder).as_posix() for i in discover([str(folder)], InputConfig())]
+    uris = discover([str(folder)], InputConfig())["source_uri"].to_pylist()
+    found = [Path(uri).relative_to(folder).as_posix() for uri in uris]
     assert found == ["a.webp", "b.gif", "sub/c.GIF", "sub/deeper/d.mp4", "sub/e.png"]
 
 
 def test_glob_and_extension_setting(folder: Path) -> None:
     found = discover([str(folder / "**" / "*.gif")], InputConfig())
-    assert [Path(i.source_uri).name for i in found] == ["b.gif"]
+    assert [Path(uri).name for uri in found["source_uri"].to_pylist()] == ["b.gif"]
     only_png = discover([str(folder)], InputConfig(extensions=("png",)))
-    assert [Path(i.source_uri).name for i in only_png] == ["e.png"]
+    assert [Path(uri).name for uri in only_png["source_uri"].to_pylist()] == ["e.png"]
 
 
 def test_csv_manifest_with_relative_paths_captions_and_ids(folder: Path) -> None:
     manifest = folder / "m.csv"
     manifest.write_text("file,text,id\nb.gif,waving hello,007\nmissing.gif,,8\nsub/c.GIF,ok,\n")
-    found = discover([str(manifest)], InputConfig())
-    assert found == [
-        InputItem(str(folder / "b.gif"), "waving hello", "007"),
-        InputItem(str(folder / "missing.gif"), None, "8"),  # missing files are inputs: they become rejects
-        InputItem(str(folder / "sub" / "c.GIF"), "ok", None),
+    found = discover([str(manifest)], InputConfig()).select(["source_uri", "caption", "source_id"])
+    assert found.to_pylist() == [
+        {"source_uri": str(folder / "b.gif"), "caption": "waving hello", "source_id": "007"},
+        # missing files are inputs: they become rejects
+        {"source_uri": str(folder / "missing.gif"), "caption": None, "source_id": "8"},
+        {"source_uri": str(folder / "sub" / "c.GIF"), "caption": "ok", "source_id": None},
     ]
 
 
@@ -50,8 +52,8 @@ def test_jsonl_and_parquet_manifests_with_named_columns(folder: Path) -> None:
     parquet = folder / "m.parquet"
     pq.write_table(pa.table({"where": ["sub/e.png"], "desc": ["a still"]}), parquet)
     cfg = InputConfig(path_column="where", caption_column="desc")
-    found = discover([str(jsonl), str(parquet)], cfg)
-    assert [(Path(i.source_uri).name, i.caption) for i in found] == [
+    found = discover([str(jsonl), str(parquet)], cfg).to_pylist()
+    assert [(Path(i["source_uri"]).name, i["caption"]) for i in found] == [
         ("a.webp", "a.webp"),
         ("b.gif", "b.gif"),
         ("e.png", "a still"),
@@ -61,9 +63,11 @@ def test_jsonl_and_parquet_manifests_with_named_columns(folder: Path) -> None:
 def test_a_uri_named_twice_is_one_input_and_keeps_its_caption(folder: Path) -> None:
     manifest = folder / "m.csv"
     manifest.write_text("path,caption\nb.gif,a caption\n")
-    found = discover([str(folder / "b.gif"), str(manifest), str(folder)], InputConfig())
-    assert [i.source_uri for i in found].count(str(folder / "b.gif")) == 1
-    assert next(i for i in found if i.source_uri.endswith("b.gif")).caption == "a caption"
+    found = discover([str(folder / "b.gif"), str(manifest), str(folder)], InputConfig()).to_pylist()
+    assert [i["source_uri"] for i in found].count(str(folder / "b.gif")) == 1
+    b = next(i for i in found if i["source_uri"].endswith("b.gif"))
+    assert b["caption"] == "a caption"
+    assert b["source_version"] == f"1:{(folder / 'b.gif').stat().st_mtime_ns}"  # from the folder listing
 
 
 def test_errors_name_what_is_wrong(folder: Path) -> None:
@@ -75,3 +79,28 @@ def test_errors_name_what_is_wrong(folder: Path) -> None:
         discover([str(bad)], InputConfig())
     with pytest.raises(InputError, match="no caption column 'desc'"):
         discover([str(bad)], InputConfig(path_column="name", caption_column="desc"))
+
+
+def test_relative_manifest_paths_are_normalised(folder: Path) -> None:
+    manifest = folder / "sub" / "m.csv"
+    manifest.write_text("file\n../b.gif\n./c.GIF\ndeeper//d.mp4\n")
+    found = discover([str(manifest)], InputConfig())["source_uri"].to_pylist()
+    assert found == [str(folder / "b.gif"), str(folder / "sub" / "c.GIF"), str(folder / "sub" / "deeper" / "d.mp4")]
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        "s3://bucket/key.gif?endpoint_override=169.254.169.254:80&scheme=http",
+        "s3://bucket/key.gif#fragment",
+        "http://example.com/a.gif",
+        "ftp://example.com/a.gif",
+    ],
+)
+def test_manifest_uris_with_query_strings_or_unknown_schemes_are_refused(folder: Path, entry: str) -> None:
+    manifest = folder / "m.csv"
+    manifest.write_text(f"path\nb.gif\n{entry}\n")
+    with pytest.raises(InputError, match="1 input\\(s\\) refused"):
+        discover([str(manifest)], InputConfig())
+    with pytest.raises(InputError, match="query string|does not read"):
+        discover([entry], InputConfig())

@@ -1,0 +1,170 @@
+"""The Arrow bookkeeping around the passes: duplicates across runs, changed inputs, transient reads, the ledger."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pytest
+
+import pipeline.read_bytes as read_bytes_module
+from jobs.corpus import make_corpus
+from pipeline.config import PreprocessConfig, RayConfig
+from pipeline.dedupe import duplicates
+from pipeline.hash_inputs import HashStage
+from pipeline.ledger import scan
+from pipeline.read_bytes import ATTEMPTS, read_input
+from pipeline.runner import run_preprocess
+from pipeline.stage import NOT_DONE, NotDone, Reject
+from pipeline.write import ShardWriter, reject_rows
+from schemas import open_dataset
+from schemas.layout import DatasetLayout
+
+
+def _config() -> PreprocessConfig:
+    return PreprocessConfig(ray=RayConfig(num_cpus=2, rows_per_shard=4, object_store_mb=256))
+
+
+@pytest.fixture(scope="module")
+def stickers(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("stickers")
+    make_corpus(str(folder), count=6)
+    return folder
+
+
+def _copy(stickers: Path, folder: Path, names: list[str]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        shutil.copy2(stickers / name, folder / name)
+    return folder
+
+
+def _by_uri(out: Path) -> tuple[dict[str, dict], dict[str, dict]]:
+    reader = open_dataset(str(out))
+    rows = {r["source_uri"]: r for r in reader.read(columns=["source_uri", "sample_id", "source_version"]).to_pylist()}
+    return rows, {r["source_uri"]: r for r in reader.rejects().to_pylist()}
+
+
+# -- units -----------------------------------------------------------------------------------------------------------
+
+
+def test_a_new_copy_of_a_row_already_in_the_dataset_is_its_duplicate() -> None:
+    existing = pa.table({"source_uri": ["/z/old.gif"], "sample_id": ["s1"]})
+    new = pa.table({"source_uri": ["/a/copy.gif", "/b/x.gif", "/c/x.gif"], "sample_id": ["s1", "s2", "s2"]})
+    found = duplicates(new, existing).select(["source_uri", "kept_uri"]).to_pylist()
+    # the existing row stays kept although its URI sorts last; among new inputs the smallest URI is kept
+    assert found == [
+        {"source_uri": "/a/copy.gif", "kept_uri": "/z/old.gif"},
+        {"source_uri": "/c/x.gif", "kept_uri": "/b/x.gif"},
+    ]
+
+
+class _Flaky(pafs.FileSystemHandler):
+    """A local filesystem whose first `failures` opens raise `error` (a throttled or dropped connection)."""
+
+    def __init__(self, failures: int, error: Exception):
+        self.local, self.failures, self.error, self.opens = pafs.LocalFileSystem(), failures, error, 0
+
+    def open_input_stream(self, path):
+        self.opens += 1
+        if self.opens <= self.failures:
+            raise self.error
+        return self.local.open_input_stream(path)
+
+    def get_file_info(self, paths):
+        return self.local.get_file_info(paths)
+
+    def get_type_name(self):
+        return "flaky"
+
+
+# The rest of the FileSystemHandler interface is never called here.
+_Flaky.__abstractmethods__ = frozenset()
+
+
+@pytest.fixture()
+def flaky(monkeypatch: pytest.MonkeyPatch):
+    """Make read_input read through a _Flaky filesystem, without waiting between attempts."""
+
+    def install(failures: int, error: Exception) -> _Flaky:
+        handler = _Flaky(failures, error)
+        monkeypatch.setattr(read_bytes_module, "resolve", lambda uri: (pafs.PyFileSystem(handler), uri))
+        monkeypatch.setattr(read_bytes_module, "BACKOFF_S", 0.0)
+        return handler
+
+    return install
+
+
+def test_a_transient_read_error_is_retried_and_recovers(stickers: Path, flaky) -> None:
+    handler = flaky(ATTEMPTS - 1, ConnectionResetError("connection reset by peer"))
+    data, version = read_input(str(stickers / "sticker_000.gif"), 10**7)
+    assert data == (stickers / "sticker_000.gif").read_bytes() and handler.opens == ATTEMPTS
+    assert version == f"{len(data)}:{(stickers / 'sticker_000.gif').stat().st_mtime_ns}"
+
+
+def test_a_read_error_that_persists_leaves_the_input_not_done(stickers: Path, flaky) -> None:
+    flaky(ATTEMPTS, OSError("AWS Error SLOW_DOWN during GetObject operation"))
+    with pytest.raises(NotDone, match="the next run retries it"):
+        read_input(str(stickers / "sticker_000.gif"), 10**7)
+    flaky(ATTEMPTS, OSError("AWS Error SLOW_DOWN during GetObject operation"))
+    batch = HashStage(10**7)({"source_uri": [str(stickers / "sticker_000.gif")]})
+    assert batch["reject_reason"] == [NOT_DONE]
+    assert reject_rows(batch) == []  # written nowhere: neither a row nor a reject
+    sink = ShardWriter(str(stickers / "out"), 32, "run")
+    assert sink({**batch, "caption": [None], "source_id": [None]})["shard"] == [None]
+
+
+def test_a_permanent_read_error_is_a_reject_at_once(stickers: Path, flaky) -> None:
+    handler = flaky(ATTEMPTS, PermissionError("permission denied"))
+    with pytest.raises(Reject) as raised:
+        read_input(str(stickers / "sticker_000.gif"), 10**7)
+    assert raised.value.reason == "unreadable" and handler.opens == 1
+
+
+def test_a_read_past_the_size_limit_stops_there(stickers: Path) -> None:
+    with pytest.raises(Reject) as raised:
+        read_input(str(stickers / "sticker_000.gif"), 10)
+    assert raised.value.reason == "file_too_large"
+
+
+# -- end to end ------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_later_run_never_writes_a_second_row_of_a_sample(stickers: Path, tmp_path: Path) -> None:
+    first = _copy(stickers, tmp_path / "z_first", ["sticker_000.gif", "sticker_001.gif"])
+    second = _copy(stickers, tmp_path / "a_second", ["sticker_000.gif", "sticker_002.gif"])  # sorts before first
+    out = tmp_path / "dataset"
+    run_preprocess([str(first)], str(out), _config(), show_progress=False)
+    summary = run_preprocess([str(second)], str(out), _config(), show_progress=False)
+    rows, rejects = _by_uri(out)
+    copy = str(second / "sticker_000.gif")
+    assert copy not in rows and rejects[copy]["reason"] == "duplicate"
+    assert rejects[copy]["kept_sample_id"] == rows[str(first / "sticker_000.gif")]["sample_id"]
+    assert len({r["sample_id"] for r in rows.values()}) == len(rows) == 3
+    assert summary.rejected["duplicate"] == 1 and summary.written == 1
+
+
+@pytest.mark.slow
+def test_an_input_replaced_in_place_is_redone_and_its_old_row_replaced(stickers: Path, tmp_path: Path) -> None:
+    folder = _copy(stickers, tmp_path / "in", ["sticker_000.gif", "sticker_001.gif", "sticker_002.gif"])
+    out = tmp_path / "dataset"
+    run_preprocess([str(folder)], str(out), _config(), show_progress=False)
+    before, _ = _by_uri(out)
+    target = folder / "sticker_001.gif"
+    shutil.copy(stickers / "sticker_003.webp", target)  # new bytes under the same name
+    os.utime(target, ns=(target.stat().st_atime_ns, target.stat().st_mtime_ns + 10**9))
+    summary = run_preprocess([str(folder)], str(out), _config(), show_progress=False)
+    after, rejects = _by_uri(out)
+    assert summary.changed == 1 and summary.already_done == 2 and summary.written == 1
+    assert set(after) == set(before) and not rejects
+    assert after[str(target)]["sample_id"] != before[str(target)]["sample_id"]
+    assert after[str(target)]["source_version"] == f"{target.stat().st_size}:{target.stat().st_mtime_ns}"
+    unchanged = str(folder / "sticker_000.gif")
+    assert after[unchanged] == before[unchanged]
+    again = run_preprocess([str(folder)], str(out), _config(), show_progress=False)
+    assert again.changed == 0 and again.already_done == 3 and again.written == 0
+    assert scan(DatasetLayout.at(str(out))).table.num_rows == 3

@@ -77,7 +77,7 @@ def make(folder: Path, size: int, rows_per_shard: int) -> None:
     # What the hash pass's workers would hand back for the new inputs (size .. 3 size / 2): every 100th has the
     # bytes of an existing row.
     new = range(size, size // 2 + size)
-    ids = [sample_id(n - size if n % 100 == 0 else n) for n in new]
+    ids = [sample_id(n - size + 1 if n % 100 == 0 else n) for n in new]  # n - size + 1: a row, not a reject
     pq.write_table(pa.table({"source_uri": [uri(n) for n in new], "sample_id": ids}), folder / "hashed.parquet")
 
 
@@ -89,7 +89,7 @@ def plain(folder: Path) -> dict:
     return {"rows": table.num_rows}
 
 
-def bookkeeping(folder: Path) -> dict:
+def bookkeeping(folder: Path, rows_per_shard: int) -> dict:
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
@@ -98,15 +98,15 @@ def bookkeeping(folder: Path) -> dict:
     from pipeline.config import InputConfig
     from pipeline.dedupe import duplicates
     from pipeline.discover import discover
-    from pipeline.ledger import scan
+    from pipeline.ledger import rows, scan
     from pipeline.runner import HASH_OUTPUT, INPUT_COLUMNS, _changed, _check_accounting, _early_rejects
-    from schemas.layout import DatasetLayout
+    from schemas.layout import DATA_DIR, DatasetLayout
 
     layout = DatasetLayout.at(str(folder / "dataset"))
     items = discover([str(folder / "manifest.parquet")], InputConfig())
     ledger = scan(layout)
     changed = _changed(items, ledger)
-    todo = items.join(ledger.table.select(["source_uri"]), "source_uri", join_type="left anti").sort_by("source_uri")
+    todo = items.join(ledger.select(["source_uri"]), "source_uri", join_type="left anti").sort_by("source_uri")
     made_up = pq.read_table(folder / "hashed.parquet")  # the hash pass's output (bench: made in `make`)
     hashed = pa.table(
         {
@@ -117,19 +117,22 @@ def bookkeeping(folder: Path) -> dict:
         schema=HASH_OUTPUT,
     )  # fmt: skip
     readable = hashed.filter(pc.is_null(hashed["reject_reason"]))
-    dupes = duplicates(readable, ledger.rows())
+    dupes = duplicates(readable, rows(ledger))
     early = _early_rejects(hashed, dupes)
     kept = readable.join(dupes.select(["source_uri"]), "source_uri", join_type="left anti")
-    rows = kept.join(todo.select(["source_uri", "caption", "source_id"]), "source_uri").sort_by("source_uri")
-    rows = rows.select(list(INPUT_COLUMNS))
-    after = scan(layout)  # the scan after the run; the new inputs were not written, so they count as not done
-    _check_accounting(after, items, todo["source_uri"].combine_chunks())
-    counts = count_outputs(after)
+    work = kept.join(todo.select(["source_uri", "caption", "source_id"]), "source_uri").sort_by("source_uri")
+    work = work.select(list(INPUT_COLUMNS))
+    # After the run: its own files are scanned. The run wrote none here, so as many existing files as it would
+    # have written are scanned instead (timing only), and the check counts the new inputs as not done.
+    written = layout.parquet_files(DATA_DIR)[: -(-todo.num_rows // rows_per_shard)]
+    scan(layout, written, [])
+    _check_accounting(ledger, items, todo["source_uri"].combine_chunks())
+    counts = count_outputs(ledger, layout)
     return {"inputs": items.num_rows, "todo": todo.num_rows, "changed": len(changed), "duplicates": dupes.num_rows,
-            "early_rejects": early.num_rows, "main_pass_rows": rows.num_rows, "rows": counts["rows"]}  # fmt: skip
+            "early_rejects": early.num_rows, "main_pass_rows": work.num_rows, "rows": counts["rows"]}  # fmt: skip
 
 
-def measure(kind: str, folder: Path) -> dict:
+def measure(kind: str, folder: Path, rows_per_shard: int) -> dict:
     """Run `kind` in this process: seconds and peak RSS above the baseline after imports."""
     import pyarrow  # noqa: F401  the baseline includes the libraries both kinds load
 
@@ -137,16 +140,16 @@ def measure(kind: str, folder: Path) -> dict:
 
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     started = time.perf_counter()
-    result = (plain if kind == "plain" else bookkeeping)(folder)
+    result = plain(folder) if kind == "plain" else bookkeeping(folder, rows_per_shard)
     seconds = time.perf_counter() - started
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return result | {"seconds": seconds, "peak_bytes": peak - base}
 
 
-def fresh(kind: str, folder: Path) -> dict:
-    done = subprocess.run(
-        [sys.executable, __file__, "--measure", kind, "--out", str(folder)], capture_output=True, text=True, cwd=REPO
-    )
+def fresh(kind: str, folder: Path, rows_per_shard: int) -> dict:
+    command = [sys.executable, __file__, "--measure", kind, "--out", str(folder)]
+    command += ["--rows-per-shard", str(rows_per_shard)]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
     if done.returncode:
         raise RuntimeError(f"{kind} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -169,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--measure", choices=["plain", "bookkeeping"], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.measure:
-        print(json.dumps(measure(args.measure, args.out)))
+        print(json.dumps(measure(args.measure, args.out, args.rows_per_shard)))
         return 0
     results = []
     for size in args.sizes:
@@ -178,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
             started = time.perf_counter()
             make(folder, size, args.rows_per_shard)
             print(f"made {size} rows in {time.perf_counter() - started:.0f} s", flush=True)
-        results.append({"size": size, "plain": fresh("plain", folder), "bookkeeping": fresh("bookkeeping", folder)})
+        measured = {kind: fresh(kind, folder, args.rows_per_shard) for kind in ("plain", "bookkeeping")}
+        results.append({"size": size} | measured)
         print(json.dumps(results[-1]), flush=True)
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     lines = [f"machine: {machine('no GPU')}; code: {code_version()}; {stamp}", ""]

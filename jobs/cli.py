@@ -14,6 +14,7 @@ from jobs.train import add_train_parser
 from pipeline.discover import InputError
 from pipeline.lock import OutputLockedError
 from schemas.config import ConfigError
+from schemas.layout import UnsafeURIError
 from schemas.reader import SchemaVersionError
 
 
@@ -47,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         SchemaVersionError,
         FileNotFoundError,
         OutputLockedError,
+        UnsafeURIError,
     ) as error:  # the user's to fix
         print(f"rdtf {args.command}: error: {error}", file=sys.stderr)
         return 2

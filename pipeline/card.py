@@ -6,29 +6,31 @@ import time
 from importlib.metadata import version
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.ledger import Ledger
+from pipeline.ledger import rows
 from schemas.dataset import SCHEMA_VERSION
 from schemas.frames import FRAME_FORMAT
+from schemas.layout import DATA_DIR, REJECTS_DIR, DatasetLayout
 
 
 def software_version() -> str:
     return version("rdtf")
 
 
-def count_outputs(ledger: Ledger) -> dict[str, Any]:
+def count_outputs(ledger: pa.Table, layout: DatasetLayout) -> dict[str, Any]:
     """Counts from the scan of the files themselves (pipeline.ledger), so they are right after any number of
     resumed runs."""
-    reasons = pc.value_counts(ledger.table["reason"].drop_null()).to_pylist()
+    reasons = pc.value_counts(ledger["reason"].drop_null()).to_pylist()
     by_reason = {r["values"]: r["counts"] for r in sorted(reasons, key=lambda r: r["values"])}
-    rows = ledger.rows().num_rows
+    count = rows(ledger).num_rows
     return {
-        "rows": rows,
+        "rows": count,
         "rejects": sum(by_reason.values()),
-        "inputs": rows + sum(by_reason.values()),
+        "inputs": count + sum(by_reason.values()),
         "rejects_by_reason": by_reason,
-        "files": {"data": ledger.data_files, "rejects": ledger.reject_files},
+        "files": {"data": len(layout.parquet_files(DATA_DIR)), "rejects": len(layout.parquet_files(REJECTS_DIR))},
     }
 
 

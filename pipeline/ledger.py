@@ -1,15 +1,15 @@
 """What a dataset folder already accounts for: every input that is a row or a reject there, as one Arrow table.
 
 This is how a re-run resumes: it skips these inputs, so a killed job finishes without duplicating or dropping
-anything, and a finished job's re-run adds nothing. The same scan, after the run, checks that every input is there
-exactly once and gives the card its counts. It reads four short columns of each file, every file's footer once,
-on a thread pool: columnar on the driver, a few hundred bytes per input (bench/scale.py measures it at 1 M).
+anything, and a finished job's re-run adds nothing. The scan reads three or four short columns of every file through
+`pyarrow.dataset` (threaded), after checking every file's schema version from its footer on a thread pool (the scan
+reuses the footers read). A run scans the output once, at its start; what it wrote itself is scanned after it, for
+the accounting check (bench/scale.py measures both at 1 M rows).
 """
 
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -21,70 +21,66 @@ from schemas.dataset import REJECT_SCHEMA, SAMPLE_SCHEMA
 from schemas.layout import DATA_DIR, REJECTS_DIR, DatasetLayout
 from schemas.reader import check_metadata
 
-# One row per row or reject in the dataset. `reason` is null for rows; `file` is the Parquet file holding it.
+# One row per row or reject in the dataset; `reason` is null for rows.
 LEDGER_SCHEMA = pa.schema(
     [
         ("source_uri", pa.string()),
         ("sample_id", pa.string()),  # null for inputs that could not be read
         ("source_version", pa.string()),  # null when unknown (a manifest input, or a schema 1.0 file)
         ("reason", pa.string()),
-        ("file", pa.dictionary(pa.int32(), pa.string())),
     ]
 )
-READ_THREADS = 32  # files read at once: object stores answer each read slowly, but many at a time
+READ_THREADS = 32  # footers read at once: object stores answer each request slowly, but many at a time
 
 
-@dataclass(frozen=True)
-class Ledger:
-    table: pa.Table  # LEDGER_SCHEMA
-    data_files: int
-    reject_files: int
-
-    def rows(self) -> pa.Table:
-        """The dataset's rows (not its rejects)."""
-        return self.table.filter(pc.is_null(self.table["reason"]))
-
-    def without(self, uris: pa.Array) -> Ledger:
-        """The ledger after `drop_inputs(..., uris)`, without a scan (file counts as before the drop: the card takes
-        them from the scan after the run)."""
-        kept = self.table.filter(pc.invert(pc.is_in(self.table["source_uri"], value_set=uris)))
-        return Ledger(kept, self.data_files, self.reject_files)
+def _threads(count: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max(1, min(READ_THREADS, count)))
 
 
-def _read(layout: DatasetLayout, path: str, kind: str) -> pa.Table:
-    file = pq.ParquetFile(path, filesystem=layout.fs)
-    check_metadata(file.schema_arrow.metadata, path)
-    present = set(file.schema_arrow.names)
-    wanted = ["source_uri", "sample_id", "source_version"] + (["reason"] if kind == REJECTS_DIR else [])
-    table = file.read(columns=[c for c in wanted if c in present])
-    rows = table.num_rows
-    columns = {c: table[c] if c in present else pa.nulls(rows, pa.string()) for c in wanted}
+def _scan_kind(layout: DatasetLayout, kind: str, files: list[str]) -> pa.Table:
+    source = SAMPLE_SCHEMA if kind == DATA_DIR else REJECT_SCHEMA
+    names = [n for n in LEDGER_SCHEMA.names if n in source.names]
+    dataset = pads.dataset(files, schema=pa.schema([source.field(n) for n in names]), format="parquet",
+                           filesystem=layout.fs)  # fmt: skip
+    with _threads(len(files)) as pool:
+        list(pool.map(lambda f: check_metadata(f.physical_schema.metadata, f.path), dataset.get_fragments()))
+    table = dataset.to_table()
     if kind == DATA_DIR:
-        columns["reason"] = pa.nulls(rows, pa.string())
-    columns["file"] = pa.DictionaryArray.from_arrays(pa.array([0] * rows, pa.int32()), pa.array([path]))
-    return pa.table(columns, schema=LEDGER_SCHEMA)
+        table = table.append_column("reason", pa.nulls(table.num_rows, pa.string()))
+    return table.cast(LEDGER_SCHEMA)
 
 
-def scan(layout: DatasetLayout) -> Ledger:
-    """Every row and reject written so far, in file-name order."""
-    files = [(p, DATA_DIR) for p in layout.parquet_files(DATA_DIR)]
-    data_files = len(files)
-    files += [(p, REJECTS_DIR) for p in layout.parquet_files(REJECTS_DIR)]
-    if not files:
-        return Ledger(LEDGER_SCHEMA.empty_table(), 0, 0)
-    with ThreadPoolExecutor(min(READ_THREADS, len(files))) as pool:
-        tables = list(pool.map(lambda f: _read(layout, *f), files))
-    return Ledger(pa.concat_tables(tables), data_files, len(files) - data_files)
+def scan(layout: DatasetLayout, data: list[str] | None = None, rejects: list[str] | None = None) -> pa.Table:
+    """Every row and reject in the given files (LEDGER_SCHEMA), by default all of the dataset's."""
+    data = layout.parquet_files(DATA_DIR) if data is None else data
+    rejects = layout.parquet_files(REJECTS_DIR) if rejects is None else rejects
+    parts = [_scan_kind(layout, kind, files) for kind, files in ((DATA_DIR, data), (REJECTS_DIR, rejects)) if files]
+    return pa.concat_tables(parts) if parts else LEDGER_SCHEMA.empty_table()
 
 
-def drop_inputs(layout: DatasetLayout, ledger: Ledger, uris: pa.Array) -> int:
+def rows(ledger: pa.Table) -> pa.Table:
+    """The dataset's rows, not its rejects."""
+    return ledger.filter(pc.is_null(ledger["reason"]))
+
+
+def without(ledger: pa.Table, uris: pa.Array) -> pa.Table:
+    return ledger.filter(pc.invert(pc.is_in(ledger["source_uri"], value_set=uris)))
+
+
+def drop_inputs(layout: DatasetLayout, uris: pa.Array) -> int:
     """Remove the rows and rejects of `uris` from the files that hold them (an input that changed is redone).
-    Each file is rewritten through a temporary file, or deleted when nothing is left; returns rows removed. A job
-    killed in between leaves some of them still there: the next run finds them changed again and finishes."""
-    hit = ledger.table.filter(pc.is_in(ledger.table["source_uri"], value_set=uris))
-    files = pc.unique(hit["file"].combine_chunks().cast(pa.string())).to_pylist()
-    for path in files:
-        kind = path.rsplit("/", 2)[-2]
+    Each such file is rewritten through a temporary file, or deleted when nothing is left; returns how many files
+    changed. A job killed in between leaves some of them: the next run finds those inputs changed again."""
+    files = [(p, DATA_DIR) for p in layout.parquet_files(DATA_DIR)]
+    files += [(p, REJECTS_DIR) for p in layout.parquet_files(REJECTS_DIR)]
+
+    def holds(item: tuple[str, str]) -> bool:
+        column = pq.read_table(item[0], columns=["source_uri"], filesystem=layout.fs)["source_uri"]
+        return pc.any(pc.is_in(column, value_set=uris)).as_py() or False
+
+    with _threads(len(files)) as pool:
+        hit = [item for item, found in zip(files, pool.map(holds, files), strict=True) if found]
+    for path, kind in hit:
         schema = SAMPLE_SCHEMA if kind == DATA_DIR else REJECT_SCHEMA  # an older file's missing columns: null
         table = pads.dataset(path, schema=schema, format="parquet", filesystem=layout.fs).to_table()
         kept = table.filter(pc.invert(pc.is_in(table["source_uri"], value_set=uris)))
@@ -92,7 +88,7 @@ def drop_inputs(layout: DatasetLayout, ledger: Ledger, uris: pa.Array) -> int:
             write_table(layout, kind, path.rsplit("/", 1)[-1], kept.replace_schema_metadata(schema.metadata))
         else:
             layout.fs.delete_file(path)
-    return hit.num_rows
+    return len(hit)
 
 
 def remove_temp_files(layout: DatasetLayout) -> int:

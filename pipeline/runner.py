@@ -41,7 +41,7 @@ from pipeline.entropy import EntropyStage
 from pipeline.filters import EntropyFilterStage, MetadataFilterStage
 from pipeline.hash_inputs import HashStage
 from pipeline.keyframes import KeyframeStage
-from pipeline.ledger import Ledger, drop_inputs, remove_temp_files, scan
+from pipeline.ledger import drop_inputs, remove_temp_files, rows, scan, without
 from pipeline.lock import OutputLock, OutputLockedError
 from pipeline.near_duplicates import drop_rejected_rows, near_duplicate_pass
 from pipeline.plan import run_stages
@@ -49,7 +49,7 @@ from pipeline.stage import NOT_DONE, STATUS_COLUMNS, Stage, check_chain
 from pipeline.write import EncodeFramesStage, ShardWriter, clear_staging, publish, write_rejects
 from schemas.config import ConfigError, to_dict
 from schemas.dataset import REJECT_SCHEMA
-from schemas.layout import DatasetLayout
+from schemas.layout import DATA_DIR, DatasetLayout
 
 log = logging.getLogger("rdtf.preprocess")
 
@@ -232,10 +232,10 @@ def _early_rejects(hashed: pa.Table, dupes: pa.Table) -> pa.Table:
     return pa.concat_tables([failed.cast(REJECT_SCHEMA), duplicates.cast(REJECT_SCHEMA)]).sort_by("source_uri")
 
 
-def _changed(items: pa.Table, ledger: Ledger) -> pa.Array:
+def _changed(items: pa.Table, ledger: pa.Table) -> pa.Array:
     """URIs whose listed version (size and mtime) differs from the one recorded when they were done."""
     listed = items.filter(pc.is_valid(items["source_version"])).select(["source_uri", "source_version"])
-    done = ledger.table.filter(pc.is_valid(ledger.table["source_version"])).select(["source_uri", "source_version"])
+    done = ledger.filter(pc.is_valid(ledger["source_version"])).select(["source_uri", "source_version"])
     both = listed.join(done.rename_columns(["source_uri", "done_version"]), "source_uri")
     return pc.unique(both.filter(pc.not_equal(both["source_version"], both["done_version"]))["source_uri"])
 
@@ -245,16 +245,15 @@ def _counts(values: pa.ChunkedArray | pa.Array) -> Counter:
     return Counter({c["values"]: c["counts"] for c in pc.value_counts(values.drop_null()).to_pylist()})
 
 
-def _check_accounting(ledger: Ledger, inputs: pa.Table, not_done: pa.Array) -> None:
+def _check_accounting(ledger: pa.Table, inputs: pa.Table, not_done: pa.Array) -> None:
     """Every input named by this run is a row or a reject exactly once (unless left NOT_DONE), and no two rows of
     the dataset share a sample_id. Raises with examples: either would be a bug in rdtf."""
-    table = ledger.table
-    named = table.filter(pc.is_in(table["source_uri"], value_set=inputs["source_uri"]))
+    named = ledger.filter(pc.is_in(ledger["source_uri"], value_set=inputs["source_uri"]))
     counts = named.group_by("source_uri").aggregate([("source_uri", "count")])
     twice = counts.filter(pc.greater(counts["source_uri_count"], 1))["source_uri"]
     expected = inputs.filter(pc.invert(pc.is_in(inputs["source_uri"], value_set=not_done)))
     missing = expected.join(counts, "source_uri", join_type="left anti")["source_uri"]
-    ids = ledger.rows().group_by("sample_id").aggregate([("sample_id", "count")])
+    ids = rows(ledger).group_by("sample_id").aggregate([("sample_id", "count")])
     shared = ids.filter(pc.greater(ids["sample_id_count"], 1))["sample_id"]
     if len(missing) or len(twice) or len(shared):
         raise RuntimeError(
@@ -297,9 +296,9 @@ def run_preprocess(
         changed = _changed(items, ledger)
         if len(changed):
             log.info("%d inputs changed since they were done: their old rows are replaced", len(changed))
-            drop_inputs(layout, ledger, changed)
-            ledger = ledger.without(changed)
-        todo = items.join(ledger.table.select(["source_uri"]), "source_uri", join_type="left anti")
+            drop_inputs(layout, changed)
+            ledger = without(ledger, changed)
+        todo = items.join(ledger.select(["source_uri"]), "source_uri", join_type="left anti")
         todo = todo.sort_by("source_uri")
         summary = PreprocessSummary(output, items.num_rows, items.num_rows - todo.num_rows, changed=len(changed))
         log.info("%d inputs, %d already accounted for, %d to do", items.num_rows, summary.already_done, todo.num_rows)
@@ -322,21 +321,21 @@ def run_preprocess(
 
             # 3. Unreadable inputs and duplicates (against this run's inputs and every row already in the dataset).
             readable = hashed.filter(pc.is_null(hashed["reject_reason"]))
-            dupes = duplicates(readable, ledger.rows())
+            dupes = duplicates(readable, rows(ledger))
             early = _early_rejects(hashed, dupes)
-            write_rejects(layout, early, cfg.ray.rows_per_shard)
+            new_rejects = write_rejects(layout, early, cfg.ray.rows_per_shard)
             summary.rejected.update(_counts(early["reason"]))
 
             # 4. Main pass over the kept copies.
             kept = readable.join(dupes.select(["source_uri"]), "source_uri", join_type="left anti")
-            rows = kept.join(todo.select(["source_uri", "caption", "source_id"]), "source_uri")
-            rows = rows.sort_by("source_uri").select(list(INPUT_COLUMNS))
+            work = kept.join(todo.select(["source_uri", "caption", "source_id"]), "source_uri")
+            work = work.sort_by("source_uri").select(list(INPUT_COLUMNS))
             stages = main_stages(cfg, clip)
             sink = ShardWriter(output, cfg.decode.frame_size, run_id)
             written_now: list[pa.Array] = []  # the URIs of this run's rows, for the near-duplicate pass
             published: set[str] = set()  # one entry per shard, not per input
-            batches = run_stages(rows, stages, INPUT_COLUMNS, sink, SUMMARY_OUTPUT, cfg.ray.rows_per_shard)
-            with tqdm(total=rows.num_rows, desc="preprocessing", unit="sticker", disable=not show_progress) as bar:
+            batches = run_stages(work, stages, INPUT_COLUMNS, sink, SUMMARY_OUTPUT, cfg.ray.rows_per_shard)
+            with tqdm(total=work.num_rows, desc="preprocessing", unit="sticker", disable=not show_progress) as bar:
                 for batch in batches:
                     # data/ before rejects/: a run killed between the two redoes only rejects (sorted puts data first)
                     if lock.lost:
@@ -354,7 +353,8 @@ def run_preprocess(
 
             # 5. Near-duplicates across the whole dataset, when this run added rows or an earlier one did not finish.
             threshold = cfg.clip.near_duplicate_threshold
-            if clip is not None and threshold is not None and (len(written) or not finished_before):
+            rewritten = clip is not None and threshold is not None and (len(written) or not finished_before)
+            if rewritten:
                 moved = near_duplicate_pass(layout, threshold, cfg.clip.near_duplicate_cluster_rows)
                 summary.near_duplicates = len(moved)
                 gone = pc.is_in(written, value_set=pa.array(sorted(moved), pa.string()))
@@ -363,10 +363,16 @@ def run_preprocess(
             summary.written = len(written)
         clear_staging(layout, run_id)
 
-        # 6. Account for every input exactly once, then the card: one more scan of the output.
+        # 6. Account for every input exactly once, then the card: the files this run wrote are scanned and added to
+        # the ledger of its start (all files again when the near-duplicate pass rewrote earlier ones).
         left = pa.chunked_array(not_done, pa.string()).combine_chunks()
         summary.not_done = len(left)
-        ledger = scan(layout)
+        if rewritten:
+            ledger = scan(layout)
+        else:
+            ours = [f"{layout.root}/{shard}" for shard in sorted(published)]
+            data = [p for p in ours if p.startswith(layout.dir(DATA_DIR) + "/")]
+            ledger = pa.concat_tables([ledger, scan(layout, data, [p for p in ours if p not in data] + new_rejects)])
         _check_accounting(ledger, items, left)
         summary.seconds = time.monotonic() - start
         last_run = {
@@ -379,6 +385,7 @@ def run_preprocess(
             "near_duplicates_moved": summary.near_duplicates,
             "seconds": round(summary.seconds, 2),
         }
-        summary.card = make_card(config, "complete", count_outputs(ledger), last_run, clip.card() if clip else None)
+        counts = count_outputs(ledger, layout)
+        summary.card = make_card(config, "complete", counts, last_run, clip.card() if clip else None)
         layout.write_card(summary.card)
         return summary

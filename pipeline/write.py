@@ -126,12 +126,16 @@ def sample_row(batch: Batch, i: int, frame_size: int) -> dict[str, Any]:
     }
 
 
-def write_rejects(layout: DatasetLayout, rejects: pa.Table, rows_per_shard: int) -> None:
+def write_rejects(layout: DatasetLayout, rejects: pa.Table, rows_per_shard: int) -> list[str]:
     """Write the driver's rejects (REJECT_SCHEMA: the hash pass's and the duplicates) in shards of at most
-    `rows_per_shard`, each named after its inputs like the workers' shards."""
+    `rows_per_shard`, each named after its inputs like the workers' shards; returns the files' paths."""
+    paths = []
     for start in range(0, rejects.num_rows, rows_per_shard):
         shard = rejects.slice(start, rows_per_shard)
-        write_table(layout, REJECTS_DIR, shard_name(shard["source_uri"].to_pylist()), shard)
+        name = shard_name(shard["source_uri"].to_pylist())
+        write_table(layout, REJECTS_DIR, name, shard)
+        paths.append(f"{layout.dir(REJECTS_DIR)}/{name}")
+    return paths
 
 
 class ShardWriter:

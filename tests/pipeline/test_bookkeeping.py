@@ -167,4 +167,4 @@ def test_an_input_replaced_in_place_is_redone_and_its_old_row_replaced(stickers:
     assert after[unchanged] == before[unchanged]
     again = run_preprocess([str(folder)], str(out), _config(), show_progress=False)
     assert again.changed == 0 and again.already_done == 3 and again.written == 0
-    assert scan(DatasetLayout.at(str(out))).table.num_rows == 3
+    assert scan(DatasetLayout.at(str(out))).num_rows == 3

@@ -1,24 +1,16 @@
 """Read, probe and decode inputs: ProbeStage refuses what must not be decoded, DecodeStage decodes what was sampled.
 
-GIFs are composited as browsers show them by pipeline.gif (disposal 0-3, partial frames, clipping to the logical
-screen, transparency). Animated WebP and APNG are composited by Pillow (libwebp's and its own APNG
-disposal/blend); MP4 and WebM are decoded by decord.
+The decoders are in pipeline.probe and pipeline.frame_readers.
 """
 
 from __future__ import annotations
 
-import io
 from typing import Any
 
-import numpy as np
-from PIL import Image
-
-from pipeline.canvas import to_canvas
 from pipeline.config import DecodeConfig
-from pipeline.gif import composite, parse_gif
+from pipeline.frame_readers import sampled_frames
 from pipeline.probe import probe
 from pipeline.read_bytes import read_bytes
-from pipeline.sampling import schedule
 from pipeline.stage import Reject, Stage
 
 
@@ -52,40 +44,6 @@ class ProbeStage(Stage):
         }
 
 
-def _gif_frames(data: bytes, wanted: set[int]) -> dict[int, Image.Image]:
-    return composite(data, parse_gif(data), wanted)
-
-
-def _pillow_frames(data: bytes, wanted: set[int]) -> dict[int, Image.Image]:
-    frames: dict[int, Image.Image] = {}
-    with Image.open(io.BytesIO(data)) as image:
-        # An APNG's default image may sit outside the animation: Pillow shows it as frame 0, browsers never do.
-        first = 1 if image.info.get("default_image") else 0
-        for index in sorted(wanted):
-            image.seek(index + first)
-            frames[index] = image.convert("RGBA")
-    return frames
-
-
-def _video_frames(data: bytes, wanted: set[int]) -> dict[int, Image.Image]:
-    import decord  # see pipeline.probe: only videos need it
-
-    indices = sorted(wanted)
-    batch = decord.VideoReader(io.BytesIO(data)).get_batch(indices).asnumpy()
-    return {index: Image.fromarray(frame) for index, frame in zip(indices, batch, strict=True)}
-
-
-FRAME_READERS = {
-    "gif": _gif_frames,
-    "webp": _pillow_frames,
-    "apng": _pillow_frames,
-    "png": _pillow_frames,
-    "jpeg": _pillow_frames,
-    "mp4": _video_frames,
-    "webm": _video_frames,
-}
-
-
 class DecodeStage(Stage):
     """Decodes the frames on screen at the sampled times onto the square training canvas."""
 
@@ -97,18 +55,8 @@ class DecodeStage(Stage):
         self.cfg = cfg
 
     def process_row(self, row: dict[str, Any]) -> dict[str, Any]:
-        indices, timestamps = schedule(row["frame_durations_ms"], self.cfg.fps, self.cfg.max_frames)
-        wanted = set(indices.tolist())
-        try:
-            decoded = FRAME_READERS[row["format"]](row["data"], wanted)
-        except Image.DecompressionBombError as error:
-            raise Reject("decompression_bomb", str(error)) from error
-        except Exception as error:
-            raise Reject("corrupt", f"cannot decode {row['format']} frames: {error}") from error
-        missing = sorted(wanted - set(decoded))
-        if missing:
-            raise Reject(
-                "corrupt", f"the decoder stopped before frame {missing[0]} of {len(row['frame_durations_ms'])}"
-            )
-        canvas = {i: to_canvas(frame, self.cfg.frame_size) for i, frame in decoded.items()}
-        return {"frames": np.stack([canvas[i] for i in indices.tolist()]), "frame_timestamps_ms": timestamps.tolist()}
+        cfg = self.cfg
+        frames, timestamps = sampled_frames(
+            row["data"], row["format"], row["frame_durations_ms"], cfg.fps, cfg.max_frames, cfg.frame_size
+        )
+        return {"frames": frames, "frame_timestamps_ms": timestamps}

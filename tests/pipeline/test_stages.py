@@ -10,7 +10,7 @@ import pytest
 from gif_factory import GifFrame, build_gif
 from media_factory import image_bytes, noise_frames, solid_frames
 
-import pipeline.decode
+import pipeline.frame_readers
 import pipeline.gif
 from pipeline.config import DecodeConfig, DifficultyConfig, FilterConfig
 from pipeline.decode import DecodeStage, ProbeStage
@@ -140,7 +140,7 @@ def test_decompression_bomb_is_refused_before_any_frame_is_decoded(tmp_path, mon
         raise AssertionError("a frame was decoded")
 
     monkeypatch.setattr(pipeline.gif, "frame_image", no_decoding)
-    monkeypatch.setattr(pipeline.decode, "composite", no_decoding)
+    monkeypatch.setattr(pipeline.frame_readers, "composite", no_decoding)
     path = write(tmp_path, "bomb.gif", _garbage_gif(64, 64, 3))  # 64 x 64 x 3 = 12288 pixels
     row = run_one(path, decode=DecodeConfig(max_total_pixels=12287))
     assert_rejected(row, "decompression_bomb", "probe")

@@ -25,6 +25,19 @@ class InputConfig:
 
 
 @dataclass
+class InjectedFault:
+    """A testing aid: the decoder process fails on purpose on every input whose source_uri contains `match`."""
+
+    match: str = ""  # a substring of source_uri (required)
+    # abort: os.abort() (decoder_crash); segfault: reads address 0 (decoder_crash); sleep: 30 x decode.timeout_s
+    # (timeout); allocate: 2 x decode.max_memory_mb, 16 MiB at a time (too_large)
+    action: Literal["abort", "segfault", "sleep", "allocate"] = "abort"
+
+    def __post_init__(self) -> None:
+        require(self.match != "", "decode.fault_injection.match", "must not be empty (it would match every input)")
+
+
+@dataclass
 class DecodeConfig:
     """Frame sampling, training resolution and the limits that protect workers from hostile files."""
 
@@ -34,6 +47,10 @@ class DecodeConfig:
     max_file_bytes: int = 64 * 2**20  # larger files are rejected unread (file_too_large)
     # width x height x frames above this is a decompression bomb (a 512x512 GIF of 1024 frames is exactly 2**28).
     max_total_pixels: int = 2**28
+    # Each input is probed and decoded in a child process (pipeline/isolation.py), within these limits:
+    timeout_s: float = 60.0  # timeout: seconds one input's probe or decode may take (real stickers: under 1 s)
+    max_memory_mb: int = 1024  # too_large: MiB of memory one input's decoding may add to the decoder process
+    fault_injection: tuple[InjectedFault, ...] = ()  # testing aid: make the decoder fail on chosen inputs
 
     def __post_init__(self) -> None:
         require(0 < self.fps <= 60, "decode.fps", f"must be in (0, 60], got {self.fps}")
@@ -41,6 +58,12 @@ class DecodeConfig:
         require(16 <= self.frame_size <= 2048, "decode.frame_size", f"must be in [16, 2048], got {self.frame_size}")
         require(self.max_file_bytes > 0, "decode.max_file_bytes", "must be positive")
         require(self.max_total_pixels > 0, "decode.max_total_pixels", "must be positive")
+        require(self.timeout_s > 0, "decode.timeout_s", f"must be positive, got {self.timeout_s}")
+        require(self.max_memory_mb > 0, "decode.max_memory_mb", f"must be positive, got {self.max_memory_mb}")
+
+    def fault_for(self, source_uri: str) -> str | None:
+        """The action of the first injected fault that matches this input (None for every input in production)."""
+        return next((f.action for f in self.fault_injection if f.match in source_uri), None)
 
 
 @dataclass

@@ -1,6 +1,8 @@
 """Read, probe and decode inputs: ProbeStage refuses what must not be decoded, DecodeStage decodes what was sampled.
 
-The decoders are in pipeline.probe and pipeline.frame_readers.
+Both stages hand the untrusted bytes to the worker's decoder process (pipeline.isolation), never parse them in the
+worker itself: an input whose probe or decode crashes, hangs or runs out of memory becomes a reject (decoder_crash,
+timeout, too_large), and the rest of the task goes on. The decoders are in pipeline.probe and pipeline.frame_readers.
 """
 
 from __future__ import annotations
@@ -8,8 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 from pipeline.config import DecodeConfig
-from pipeline.frame_readers import sampled_frames
-from pipeline.probe import probe
+from pipeline.frame_readers import LIBRARIES, sampled_frames
+from pipeline.isolation import decoder_process
+from pipeline.probe import probe, sniff
 from pipeline.read_bytes import read_bytes
 from pipeline.stage import Reject, Stage
 
@@ -24,9 +27,14 @@ class ProbeStage(Stage):
     def __init__(self, cfg: DecodeConfig):
         self.cfg = cfg
 
+    def setup(self) -> None:
+        decoder_process(self.cfg.max_memory_mb).start()
+
     def process_row(self, row: dict[str, Any]) -> dict[str, Any]:
         data = read_bytes(row["source_uri"], self.cfg.max_file_bytes)
-        facts = probe(data)
+        facts = decoder_process(self.cfg.max_memory_mb).run(
+            probe, data, timeout_s=self.cfg.timeout_s, imports=LIBRARIES.get(sniff(data), ())
+        )
         pixels = facts.decoded_pixels
         if pixels > self.cfg.max_total_pixels:
             raise Reject(
@@ -48,15 +56,27 @@ class DecodeStage(Stage):
     """Decodes the frames on screen at the sampled times onto the square training canvas."""
 
     name = "decode"
-    reads = ("data", "format", "frame_durations_ms")
+    reads = ("source_uri", "data", "format", "frame_durations_ms")  # source_uri: for decode.fault_injection
     writes = ("frames", "frame_timestamps_ms")
 
     def __init__(self, cfg: DecodeConfig):
         self.cfg = cfg
 
+    def setup(self) -> None:
+        decoder_process(self.cfg.max_memory_mb).start()
+
     def process_row(self, row: dict[str, Any]) -> dict[str, Any]:
         cfg = self.cfg
-        frames, timestamps = sampled_frames(
-            row["data"], row["format"], row["frame_durations_ms"], cfg.fps, cfg.max_frames, cfg.frame_size
+        frames, timestamps = decoder_process(cfg.max_memory_mb).run(
+            sampled_frames,
+            row["data"],
+            row["format"],
+            row["frame_durations_ms"],
+            cfg.fps,
+            cfg.max_frames,
+            cfg.frame_size,
+            timeout_s=cfg.timeout_s,
+            imports=LIBRARIES.get(row["format"], ()),
+            fault=cfg.fault_for(row["source_uri"]),
         )
         return {"frames": frames, "frame_timestamps_ms": timestamps}

@@ -105,11 +105,16 @@ class RayConfig:
     num_cpus: int | None = None  # CPUs of the embedded instance; None: all of this machine's
     object_store_mb: int = 512  # embedded object store; 512 MiB ran every pipeline stage at full speed here
     rows_per_shard: int = 128  # inputs per task and at most this many rows per Parquet file
+    # Ray retries of a task or CLIP actor that failed (a node lost, a worker killed): bounded, so that a task failing
+    # the same way every time stops the job (a re-run resumes) instead of running forever. An input's decoder
+    # failing is never one: it is a reject (decoder_crash, timeout, too_large).
+    max_retries: int = 3
 
     def __post_init__(self) -> None:
         require(self.num_cpus is None or self.num_cpus >= 1, "ray.num_cpus", "must be at least 1")
         require(self.object_store_mb >= 75, "ray.object_store_mb", "Ray needs at least 75 MiB")
         require(self.rows_per_shard >= 1, "ray.rows_per_shard", "must be at least 1")
+        require(self.max_retries >= 0, "ray.max_retries", f"must be at least 0, got {self.max_retries}")
 
 
 @dataclass

@@ -14,7 +14,12 @@ from pipeline.frame_readers import LIBRARIES, sampled_frames
 from pipeline.isolation import decoder_process
 from pipeline.probe import probe, sniff
 from pipeline.read_bytes import read_bytes
-from pipeline.stage import Reject, Stage
+from pipeline.stage import Reject, Resources, Stage
+
+
+def decoder_resources(cfg: DecodeConfig, memory_per_row: int = 0) -> Resources:
+    """One CPU, and the decoder process's memory limit (its own 34 MB at start aside)."""
+    return Resources(num_cpus=1.0, memory=cfg.max_memory_mb * 2**20, memory_per_row=memory_per_row)
 
 
 class ProbeStage(Stage):
@@ -26,6 +31,8 @@ class ProbeStage(Stage):
 
     def __init__(self, cfg: DecodeConfig):
         self.cfg = cfg
+        # A row's file bytes are not counted: their bound (max_file_bytes) would reserve gigabytes for 0.2 MB.
+        self.resources = decoder_resources(cfg)
 
     def setup(self) -> None:
         decoder_process(self.cfg.max_memory_mb).start()
@@ -61,6 +68,7 @@ class DecodeStage(Stage):
 
     def __init__(self, cfg: DecodeConfig):
         self.cfg = cfg
+        self.resources = decoder_resources(cfg, memory_per_row=cfg.max_frames * cfg.frame_size**2 * 3)
 
     def setup(self) -> None:
         decoder_process(self.cfg.max_memory_mb).start()

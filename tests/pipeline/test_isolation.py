@@ -195,3 +195,9 @@ def test_libraries_are_imported_outside_the_memory_limit():
     finally:
         process.close()
     assert frames.shape == (6, 64, 64, 3)
+
+
+def test_stages_declare_the_memory_they_reserve():
+    cfg = DecodeConfig(max_memory_mb=300, max_frames=8, frame_size=128)
+    assert ProbeStage(cfg).resources.memory == DecodeStage(cfg).resources.memory == 300 * 2**20
+    assert DecodeStage(cfg).resources.memory_per_row == 8 * 128 * 128 * 3

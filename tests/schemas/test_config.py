@@ -122,6 +122,7 @@ def test_a_wrong_type_in_yaml_is_named(tmp_path):
         ({"decode.max_memory_mb": 0}, "decode.max_memory_mb"),
         ({"decode.fault_injection": [{"match": "x", "action": "explode"}]}, "decode.fault_injection[0].action"),
         ({"decode.fault_injection": [{"action": "abort"}]}, "decode.fault_injection.match"),
+        ({"ray.max_retries": -1}, "ray.max_retries"),
     ],
 )
 def test_an_out_of_range_value_is_named(overrides, key):

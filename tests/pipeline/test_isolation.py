@@ -1,5 +1,5 @@
 """Crash isolation (pipeline.isolation): an input whose decoder crashes, hangs or runs out of memory becomes a reject
-with its own reason, and the other inputs of its batch are decoded.
+with its own reason, and the other inputs of its batch -- of its task, end to end -- are decoded and written.
 
 The failures are real, made in the decoder process by decode.fault_injection: os.abort(), a read of address 0, a
 sleep 30 times the time limit, an allocation of twice the memory limit. No test depends on timing: the inputs
@@ -19,12 +19,16 @@ import numpy as np
 import pytest
 from media_factory import grey_ramp_video_frames, image_bytes, noise_frames, video_bytes
 
-from pipeline.config import DecodeConfig, InjectedFault
+from jobs.corpus import make_corpus
+from pipeline.config import DecodeConfig, InjectedFault, PreprocessConfig, RayConfig
 from pipeline.decode import DecodeStage, ProbeStage
 from pipeline.frame_readers import LIBRARIES, sampled_frames
 from pipeline.isolation import EXIT_OUT_OF_MEMORY, DecoderProcess
 from pipeline.probe import probe
+from pipeline.runner import run_preprocess
 from pipeline.stage import Reject
+from schemas import open_dataset
+from schemas.layout import DATA_DIR, REJECTS_DIR
 
 TIMEOUT_S = 2.0
 MEMORY_MB = 128  # what the "allocate" fault fills before it fails; an input here needs a few MB
@@ -201,3 +205,38 @@ def test_stages_declare_the_memory_they_reserve():
     cfg = DecodeConfig(max_memory_mb=300, max_frames=8, frame_size=128)
     assert ProbeStage(cfg).resources.memory == DecodeStage(cfg).resources.memory == 300 * 2**20
     assert DecodeStage(cfg).resources.memory_per_row == 8 * 128 * 128 * 3
+
+
+@pytest.mark.slow
+def test_a_job_with_crashing_hanging_and_oversized_inputs_finishes(tmp_path):
+    """One input aborts, one sleeps past the limit, one allocates past it; every other input of the same tasks
+    is a row, and a re-run has nothing left to do."""
+    folder = tmp_path / "corpus"
+    make_corpus(str(folder), count=9, broken=False)  # sticker_000 .. sticker_008, still.jpg, still.png
+    actions = {"sticker_001": "abort", "sticker_004": "sleep", "sticker_007": "allocate"}
+    faults = tuple(InjectedFault(match, action) for match, action in actions.items())
+    cfg = PreprocessConfig(decode=decode_config(*faults), ray=RayConfig(num_cpus=1, object_store_mb=256))
+    out = tmp_path / "dataset"
+
+    summary = run_preprocess([str(folder / "manifest.csv")], str(out), cfg, show_progress=False)
+
+    reader = open_dataset(str(out))
+    rows, rejects = reader.read(columns=["source_uri"]).to_pylist(), reader.rejects().to_pylist()
+    assert len(rows) + len(rejects) == summary.inputs == 11
+    by_name = {Path(r["source_uri"]).stem: r for r in rejects}
+    assert {name: by_name[name]["reason"] for name in by_name} == {
+        "sticker_001": "decoder_crash",
+        "sticker_004": "timeout",
+        "sticker_007": "too_large",
+    }
+    assert all(r["stage"] == "decode" for r in rejects)
+    assert "signal 6 (Aborted)" in by_name["sticker_001"]["message"]
+    assert summary.rejected == {"decoder_crash": 1, "timeout": 1, "too_large": 1}
+    assert reader.card["status"] == "complete"
+    # The rest of each failing input's task was written: its rejects shard has a data shard of the same name.
+    data_shards = {p.name for p in (out / DATA_DIR).glob("part-*.parquet")}
+    for shard in (out / REJECTS_DIR).glob("part-*.parquet"):
+        assert shard.name in data_shards
+
+    again = run_preprocess([str(folder / "manifest.csv")], str(out), cfg, show_progress=False)
+    assert again.already_done == 11 and again.processed == 0

@@ -25,6 +25,19 @@ class InputConfig:
 
 
 @dataclass
+class InjectedFault:
+    """A testing aid: the decoder process fails on purpose on every input whose source_uri contains `match`."""
+
+    match: str = ""  # a substring of source_uri (required)
+    # abort: os.abort() (decoder_crash); segfault: reads address 0 (decoder_crash); sleep: 30 x decode.timeout_s
+    # (timeout); allocate: 2 x decode.max_memory_mb, 16 MiB at a time (too_large)
+    action: Literal["abort", "segfault", "sleep", "allocate"] = "abort"
+
+    def __post_init__(self) -> None:
+        require(self.match != "", "decode.fault_injection.match", "must not be empty (it would match every input)")
+
+
+@dataclass
 class DecodeConfig:
     """Frame sampling, training resolution and the limits that protect workers from hostile files."""
 
@@ -39,6 +52,10 @@ class DecodeConfig:
     # A file that ends before its last frame is rejected (truncated); true keeps its complete frames, in a row
     # marked truncated.
     keep_truncated: bool = False
+    # Each input is probed and decoded in a child process (pipeline/isolation.py), within these limits:
+    timeout_s: float = 60.0  # timeout: seconds one input's probe or decode may take (real stickers: under 1 s)
+    max_memory_mb: int = 1024  # too_large: MiB of memory one input's decoding may add to the decoder process
+    fault_injection: tuple[InjectedFault, ...] = ()  # testing aid: make the decoder fail on chosen inputs
 
     def __post_init__(self) -> None:
         require(0 < self.fps <= 60, "decode.fps", f"must be in (0, 60], got {self.fps}")
@@ -51,6 +68,12 @@ class DecodeConfig:
             "decode.keep_truncated",
             f"must be true or false, not {self.keep_truncated!r}",
         )
+        require(self.timeout_s > 0, "decode.timeout_s", f"must be positive, got {self.timeout_s}")
+        require(self.max_memory_mb > 0, "decode.max_memory_mb", f"must be positive, got {self.max_memory_mb}")
+
+    def fault_for(self, source_uri: str) -> str | None:
+        """The action of the first injected fault that matches this input (None for every input in production)."""
+        return next((f.action for f in self.fault_injection if f.match in source_uri), None)
 
 
 @dataclass
@@ -92,11 +115,16 @@ class RayConfig:
     num_cpus: int | None = None  # CPUs of the embedded instance; None: all of this machine's
     object_store_mb: int = 512  # embedded object store; 512 MiB ran every pipeline stage at full speed here
     rows_per_shard: int = 128  # inputs per task and at most this many rows per Parquet file
+    # Ray retries of a task or CLIP actor that failed (a node lost, a worker killed): bounded, so that a task failing
+    # the same way every time stops the job (a re-run resumes) instead of running forever. An input's decoder
+    # failing is never one: it is a reject (decoder_crash, timeout, too_large).
+    max_retries: int = 3
 
     def __post_init__(self) -> None:
         require(self.num_cpus is None or self.num_cpus >= 1, "ray.num_cpus", "must be at least 1")
         require(self.object_store_mb >= 75, "ray.object_store_mb", "Ray needs at least 75 MiB")
         require(self.rows_per_shard >= 1, "ray.rows_per_shard", "must be at least 1")
+        require(self.max_retries >= 0, "ray.max_retries", f"must be at least 0, got {self.max_retries}")
 
 
 @dataclass

@@ -1,25 +1,25 @@
 """Read, probe and decode inputs: ProbeStage refuses what must not be decoded, DecodeStage decodes what was sampled.
 
-GIFs are composited as browsers show them by pipeline.gif (disposal 0-3, partial frames, clipping to the logical
-screen, transparency). Animated WebP and APNG are composited by Pillow (libwebp's and its own APNG
-disposal/blend); MP4 and WebM are decoded by decord.
+Both stages hand the untrusted bytes to the worker's decoder process (pipeline.isolation), never parse them in the
+worker itself: an input whose probe or decode crashes, hangs or runs out of memory becomes a reject (decoder_crash,
+timeout, too_large), and the rest of the task goes on. The decoders are in pipeline.probe and pipeline.frame_readers.
 """
 
 from __future__ import annotations
 
-import io
 from typing import Any
 
-import numpy as np
-from PIL import Image
-
-from pipeline.canvas import to_canvas
 from pipeline.config import DecodeConfig
-from pipeline.gif import composite, parse_gif
-from pipeline.probe import complete_part, probe
+from pipeline.frame_readers import LIBRARIES, sampled_frames
+from pipeline.isolation import decoder_process
+from pipeline.probe import complete_part, probe, sniff
 from pipeline.read_bytes import read_bytes
-from pipeline.sampling import schedule
-from pipeline.stage import Reject, Stage
+from pipeline.stage import Reject, Resources, Stage
+
+
+def decoder_resources(cfg: DecodeConfig, memory_per_row: int = 0) -> Resources:
+    """One CPU, and the decoder process's memory limit (its own 34 MB at start aside)."""
+    return Resources(num_cpus=1.0, memory=cfg.max_memory_mb * 2**20, memory_per_row=memory_per_row)
 
 
 class ProbeStage(Stage):
@@ -32,10 +32,17 @@ class ProbeStage(Stage):
 
     def __init__(self, cfg: DecodeConfig):
         self.cfg = cfg
+        # A row's file bytes are not counted: their bound (max_file_bytes) would reserve gigabytes for 0.2 MB.
+        self.resources = decoder_resources(cfg)
+
+    def setup(self) -> None:
+        decoder_process(self.cfg.max_memory_mb).start()
 
     def process_row(self, row: dict[str, Any]) -> dict[str, Any]:
         data = read_bytes(row["source_uri"], self.cfg.max_file_bytes)
-        facts = probe(data)
+        facts = decoder_process(self.cfg.max_memory_mb).run(
+            probe, data, timeout_s=self.cfg.timeout_s, imports=LIBRARIES.get(sniff(data), ())
+        )
         pixels = facts.decoded_pixels
         if pixels > self.cfg.max_total_pixels:
             raise Reject(
@@ -60,63 +67,32 @@ class ProbeStage(Stage):
         }
 
 
-def _gif_frames(data: bytes, wanted: set[int]) -> dict[int, Image.Image]:
-    return composite(data, parse_gif(data), wanted)
-
-
-def _pillow_frames(data: bytes, wanted: set[int]) -> dict[int, Image.Image]:
-    frames: dict[int, Image.Image] = {}
-    with Image.open(io.BytesIO(data)) as image:
-        # An APNG's default image may sit outside the animation: Pillow shows it as frame 0, browsers never do.
-        first = 1 if image.info.get("default_image") else 0
-        for index in sorted(wanted):
-            image.seek(index + first)
-            frames[index] = image.convert("RGBA")
-    return frames
-
-
-def _video_frames(data: bytes, wanted: set[int]) -> dict[int, Image.Image]:
-    import decord  # see pipeline.probe: only videos need it
-
-    indices = sorted(wanted)
-    batch = decord.VideoReader(io.BytesIO(data)).get_batch(indices).asnumpy()
-    return {index: Image.fromarray(frame) for index, frame in zip(indices, batch, strict=True)}
-
-
-FRAME_READERS = {
-    "gif": _gif_frames,
-    "webp": _pillow_frames,
-    "apng": _pillow_frames,
-    "png": _pillow_frames,
-    "jpeg": _pillow_frames,
-    "mp4": _video_frames,
-    "webm": _video_frames,
-}
-
-
 class DecodeStage(Stage):
     """Decodes the frames on screen at the sampled times onto the square training canvas."""
 
     name = "decode"
-    reads = ("data", "format", "frame_durations_ms")
+    reads = ("source_uri", "data", "format", "frame_durations_ms")  # source_uri: for decode.fault_injection
     writes = ("frames", "frame_timestamps_ms")
 
     def __init__(self, cfg: DecodeConfig):
         self.cfg = cfg
+        self.resources = decoder_resources(cfg, memory_per_row=cfg.max_frames * cfg.frame_size**2 * 3)
+
+    def setup(self) -> None:
+        decoder_process(self.cfg.max_memory_mb).start()
 
     def process_row(self, row: dict[str, Any]) -> dict[str, Any]:
-        indices, timestamps = schedule(row["frame_durations_ms"], self.cfg.fps, self.cfg.max_frames)
-        wanted = set(indices.tolist())
-        try:
-            decoded = FRAME_READERS[row["format"]](row["data"], wanted)
-        except Image.DecompressionBombError as error:
-            raise Reject("decompression_bomb", str(error)) from error
-        except Exception as error:
-            raise Reject("corrupt", f"cannot decode {row['format']} frames: {error}") from error
-        missing = sorted(wanted - set(decoded))
-        if missing:
-            raise Reject(
-                "corrupt", f"the decoder stopped before frame {missing[0]} of {len(row['frame_durations_ms'])}"
-            )
-        canvas = {i: to_canvas(frame, self.cfg.frame_size) for i, frame in decoded.items()}
-        return {"frames": np.stack([canvas[i] for i in indices.tolist()]), "frame_timestamps_ms": timestamps.tolist()}
+        cfg = self.cfg
+        frames, timestamps = decoder_process(cfg.max_memory_mb).run(
+            sampled_frames,
+            row["data"],
+            row["format"],
+            row["frame_durations_ms"],
+            cfg.fps,
+            cfg.max_frames,
+            cfg.frame_size,
+            timeout_s=cfg.timeout_s,
+            imports=LIBRARIES.get(row["format"], ()),
+            fault=cfg.fault_for(row["source_uri"]),
+        )
+        return {"frames": frames, "frame_timestamps_ms": timestamps}

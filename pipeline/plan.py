@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from pipeline.config import RayConfig
 from pipeline.stage import STATUS_COLUMNS, Resources, Stage
 from schemas.dataset import SAMPLE_SCHEMA
 
@@ -50,7 +51,11 @@ class Leg:
     def resources(self) -> Resources:
         if self.stages[0].resources.actors:
             return self.stages[0].resources
-        return Resources(num_cpus=max(s.resources.num_cpus for s in self.stages))
+        return Resources(
+            num_cpus=max(s.resources.num_cpus for s in self.stages),
+            memory=max(s.resources.memory for s in self.stages),  # the stages share the worker's decoder process
+            memory_per_row=sum(s.resources.memory_per_row for s in self.stages),  # a row's columns stay to the end
+        )
 
 
 def split(stages: list[Stage], input_columns: tuple[str, ...], sink_reads: tuple[str, ...]) -> list[Leg]:
@@ -130,9 +135,20 @@ class LegActor:
         return run_leg(table, *self.leg)
 
 
-def map_stages(dataset: Any, stages: list[Stage], input_columns: tuple[str, ...], sink: Any, schema: pa.Schema):
+def map_stages(
+    dataset: Any,
+    stages: list[Stage],
+    input_columns: tuple[str, ...],
+    sink: Any,
+    schema: pa.Schema,
+    rows_per_task: int = 0,
+    max_retries: int = RayConfig.max_retries,
+):
     """`dataset` (a Ray Dataset holding `input_columns`) through the stages, leg by leg; the last leg (with the sink,
-    if any) outputs `schema`. `batch_size=None` hands each worker a whole block: a batch size would merge blocks."""
+    if any) outputs `schema`. `batch_size=None` hands each worker a whole block: a batch size would merge blocks.
+
+    A task reserves the memory its stages declare for a block of `rows_per_task` rows (0: the rows' share unknown);
+    Ray retries a failed task or actor at most `max_retries` times."""
     import ray
 
     legs = split(stages, input_columns, tuple(getattr(sink, "reads", schema.names)))
@@ -140,20 +156,32 @@ def map_stages(dataset: Any, stages: list[Stage], input_columns: tuple[str, ...]
         args = {"stages": leg.stages, "keep": leg.keep, "sink": None, "schema": None}
         if n == len(legs) - 1:
             args.update(sink=sink, schema=schema)
-        common = {"batch_size": None, "batch_format": "pyarrow", "num_cpus": leg.resources.num_cpus}
-        if leg.resources.actors:
+        resources = leg.resources
+        memory = resources.memory + rows_per_task * resources.memory_per_row
+        common = {
+            "batch_size": None,
+            "batch_format": "pyarrow",
+            "num_cpus": resources.num_cpus,
+            "memory": memory or None,  # None: nothing declared, Ray's default (no reservation)
+        }
+        if resources.actors:
             dataset = dataset.map_batches(
                 LegActor,
                 fn_constructor_kwargs=args,
-                compute=ray.data.ActorPoolStrategy(size=leg.resources.actors),
-                num_gpus=leg.resources.num_gpus,
+                compute=ray.data.ActorPoolStrategy(size=resources.actors),
+                num_gpus=resources.num_gpus,
                 # The actor's math libraries use its share of CPUs. Also what keeps Ray Data from fusing the decode
                 # tasks before it into the actors: it fuses only operators whose remote arguments are equal.
-                runtime_env={"env_vars": {"OMP_NUM_THREADS": str(max(1, int(leg.resources.num_cpus)))}},
+                runtime_env={"env_vars": {"OMP_NUM_THREADS": str(max(1, int(resources.num_cpus)))}},
+                # Ray Data's default is to restart actors and retry their tasks forever. Passed as remote args,
+                # which Ray 2.60 deprecates without a named replacement (a RayDeprecationWarning).
+                max_restarts=max_retries,
+                max_task_retries=max_retries,
                 **common,
             )
         else:
-            dataset = dataset.map_batches(run_task_leg, fn_kwargs=args, **common)
+            # Ray Data's default retries a task forever; the same remark on remote args.
+            dataset = dataset.map_batches(run_task_leg, fn_kwargs=args, max_retries=max_retries, **common)
     return dataset
 
 
@@ -164,6 +192,7 @@ def run_stages(
     sink: Any,
     schema: pa.Schema,
     rows_per_task: int,
+    max_retries: int = RayConfig.max_retries,
 ) -> Iterator[pa.Table]:
     """Stream `rows` (an Arrow table holding `input_columns`) through the stages on Ray Data; yield the last leg's
     output (`schema`) as blocks finish.
@@ -179,6 +208,6 @@ def run_stages(
     blocks = min(rows.num_rows, max(math.ceil(rows.num_rows / rows_per_task), TASKS_PER_CPU * cpus))
     size = math.ceil(rows.num_rows / blocks)
     dataset = ray.data.from_arrow([rows.slice(start, size) for start in range(0, rows.num_rows, size)])
-    yield from map_stages(dataset, stages, input_columns, sink, schema).iter_batches(
+    yield from map_stages(dataset, stages, input_columns, sink, schema, rows_per_task, max_retries).iter_batches(
         batch_format="pyarrow", batch_size=None
     )

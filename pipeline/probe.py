@@ -250,6 +250,8 @@ def _pillow_size(data: bytes) -> tuple[int, int]:
             return image.size
     except Image.DecompressionBombError as error:  # Pillow's own limit, twice Image.MAX_IMAGE_PIXELS
         raise Reject("decompression_bomb", str(error)) from error
+    except MemoryError:  # over decode.max_memory_mb in the decoder process: too_large, not corrupt
+        raise
     except Exception as error:
         raise Reject("corrupt", f"cannot read image header: {error}") from error
 
@@ -261,6 +263,8 @@ def _video(data: bytes, fmt: str) -> Probe:
         reader = decord.VideoReader(io.BytesIO(data))
         stamps = reader.get_frame_timestamp(range(len(reader)))
         height, width = reader[0].shape[:2]
+    except MemoryError:  # over decode.max_memory_mb in the decoder process: too_large, not corrupt
+        raise
     except Exception as error:
         raise Reject("corrupt", f"decord cannot read this {fmt}: {error}") from error
     delays = tuple(max(1, round(1000 * (end - start))) for start, end in stamps)

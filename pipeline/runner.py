@@ -205,7 +205,8 @@ def _hash_pass(todo: pa.Table, cfg: PreprocessConfig, show_progress: bool) -> pa
     stage = HashStage(cfg.decode.max_file_bytes)
     batches = []
     with tqdm(total=todo.num_rows, desc="hashing", unit="input", disable=not show_progress) as bar:
-        for batch in run_stages(todo.select(["source_uri"]), [stage], ("source_uri",), None, HASH_OUTPUT, 1024):
+        uris = todo.select(["source_uri"])
+        for batch in run_stages(uris, [stage], ("source_uri",), None, HASH_OUTPUT, 1024, cfg.ray.max_retries):
             batches.append(batch)
             bar.update(batch.num_rows)
     return pa.concat_tables(batches).cast(HASH_OUTPUT) if batches else HASH_OUTPUT.empty_table()
@@ -334,7 +335,8 @@ def run_preprocess(
             sink = ShardWriter(output, cfg.decode.frame_size, run_id)
             written_now: list[pa.Array] = []  # the URIs of this run's rows, for the near-duplicate pass
             published: set[str] = set()  # one entry per shard, not per input
-            batches = run_stages(work, stages, INPUT_COLUMNS, sink, SUMMARY_OUTPUT, cfg.ray.rows_per_shard)
+            shard = cfg.ray.rows_per_shard
+            batches = run_stages(work, stages, INPUT_COLUMNS, sink, SUMMARY_OUTPUT, shard, cfg.ray.max_retries)
             with tqdm(total=work.num_rows, desc="preprocessing", unit="sticker", disable=not show_progress) as bar:
                 for batch in batches:
                     # data/ before rejects/: a run killed between the two redoes only rejects (sorted puts data first)

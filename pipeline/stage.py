@@ -48,6 +48,8 @@ class Resources:
     num_cpus: float = 1.0
     num_gpus: float = 0.0
     actors: int = 0  # 0: tasks (setup() once per task); n: a pool of n actors (setup() once per actor)
+    memory: int = 0  # bytes a worker holds whatever its batch (the decoder process's limit); 0: none declared
+    memory_per_row: int = 0  # bytes each row of its batch holds until the worker is done with it (decoded frames)
 
 
 class Stage(ABC):

@@ -10,7 +10,7 @@ import pytest
 
 from pipeline.clip import prepare
 from pipeline.config import ClipConfig, PreprocessConfig
-from pipeline.plan import COLUMN_TYPES, run_leg, split
+from pipeline.plan import COLUMN_TYPES, map_stages, run_leg, split
 from pipeline.runner import INPUT_COLUMNS, main_stages
 from pipeline.stage import STATUS_COLUMNS, Resources, Stage
 from pipeline.write import ShardWriter
@@ -26,7 +26,8 @@ def legs_of(clip: bool) -> list:
 def test_without_clip_the_whole_chain_is_one_task():
     (leg,) = legs_of(clip=False)
     assert [s.name for s in leg.stages][-2:] == ["keyframes", "encode"] and leg.keep == ()
-    assert leg.resources == Resources(num_cpus=1.0)
+    # One CPU; the decoder process's limit, and each row's decoded frames (16 x 256 x 256 x 3 bytes).
+    assert leg.resources == Resources(num_cpus=1.0, memory=1024 * 2**20, memory_per_row=16 * 256 * 256 * 3)
 
 
 def test_with_clip_decoding_stays_in_tasks_and_the_model_in_actors():
@@ -95,3 +96,29 @@ def test_columns_cross_as_typed_arrow_and_come_back_equal():
 
     checked = run_leg(out, [Check()], ("source_uri", *STATUS_COLUMNS), None, None)
     assert checked.column("reject_reason").to_pylist() == [None, None], checked.column("reject_message")
+
+
+class Recorder:
+    """Stands for a Ray Dataset: records the options of every map_batches call."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict[str, Any]] = []
+
+    def map_batches(self, fn: Any, **options: Any) -> Recorder:
+        self.calls.append(options)
+        return self
+
+
+@pytest.mark.parametrize("clip", [False, True])
+def test_retries_are_bounded_and_the_decode_task_reserves_its_memory(clip):
+    cfg = PreprocessConfig(clip=ClipConfig(model="rdtf-tiny-clip", weights="random") if clip else ClipConfig())
+    setup = prepare(cfg.clip)
+    stages = main_stages(cfg, setup.for_cluster(cpus=2, gpus=0) if setup else None)
+    dataset = map_stages(Recorder(), stages, INPUT_COLUMNS, ShardWriter(".", 256, "run"), pa.schema([]), 10, 2)
+    decode_leg, *later = dataset.calls
+    assert decode_leg["max_retries"] == 2
+    assert decode_leg["memory"] == 1024 * 2**20 + 10 * 16 * 256 * 256 * 3
+    if clip:
+        actors, keyframes = later
+        assert actors["max_restarts"] == actors["max_task_retries"] == 2 and actors["memory"] is None
+        assert keyframes["max_retries"] == 2 and keyframes["memory"] is None

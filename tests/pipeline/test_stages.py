@@ -11,8 +11,6 @@ import pytest
 from gif_factory import GifFrame, build_gif
 from media_factory import image_bytes, noise_frames, solid_frames
 
-import pipeline.decode
-import pipeline.gif
 from pipeline.config import DecodeConfig, DifficultyConfig, FilterConfig
 from pipeline.decode import DecodeStage, ProbeStage
 from pipeline.entropy import EntropyStage
@@ -143,8 +141,7 @@ def test_decompression_bomb_is_refused_before_any_frame_is_decoded(tmp_path, mon
     def no_decoding(*args, **kwargs):
         raise AssertionError("a frame was decoded")
 
-    monkeypatch.setattr(pipeline.gif, "frame_image", no_decoding)
-    monkeypatch.setattr(pipeline.decode, "composite", no_decoding)
+    monkeypatch.setattr(DecodeStage, "process_row", no_decoding)  # frames are decoded in the decoder process
     path = write(tmp_path, "bomb.gif", _garbage_gif(64, 64, 3))  # 3 x (64 x 64 canvas + 64 x 64 frame) = 24576
     row = run_one(path, decode=DecodeConfig(max_total_pixels=24575))
     assert_rejected(row, "decompression_bomb", "probe")

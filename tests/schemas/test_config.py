@@ -120,6 +120,11 @@ def test_a_wrong_type_in_yaml_is_named(tmp_path):
         ({"filters.min_spatial_entropy": 9}, "filters.min_spatial_entropy"),
         ({"ray.object_store_mb": 10}, "ray.object_store_mb"),
         ({"inputs.extensions": []}, "inputs.extensions"),
+        ({"decode.timeout_s": 0}, "decode.timeout_s"),
+        ({"decode.max_memory_mb": 0}, "decode.max_memory_mb"),
+        ({"decode.fault_injection": [{"match": "x", "action": "explode"}]}, "decode.fault_injection[0].action"),
+        ({"decode.fault_injection": [{"action": "abort"}]}, "decode.fault_injection.match"),
+        ({"ray.max_retries": -1}, "ray.max_retries"),
     ],
 )
 def test_an_out_of_range_value_is_named(overrides, key):

@@ -15,6 +15,7 @@ import pyarrow.compute as pc
 def kept_copies(new: pa.Table, existing: pa.Table) -> pa.Table:
     """sample_id -> kept_uri for every sample_id of `new` (source_uri, sample_id of readable new inputs), given the
     dataset's rows `existing` (source_uri, sample_id)."""
+    existing = existing.filter(pc.is_in(existing["sample_id"], value_set=new["sample_id"]))  # the few that matter
     old = existing.select(["sample_id", "source_uri"]).group_by("sample_id").aggregate([("source_uri", "min")])
     fresh = new.select(["sample_id", "source_uri"]).group_by("sample_id").aggregate([("source_uri", "min")])
     fresh = fresh.join(old.select(["sample_id"]), "sample_id", join_type="left anti")

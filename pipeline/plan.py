@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import math
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -149,9 +150,15 @@ def map_stages(
 
     A task reserves the memory its stages declare for a block of `rows_per_task` rows (0: the rows' share unknown);
     Ray retries a failed task or actor at most `max_retries` times."""
+    legs = split(stages, input_columns, tuple(getattr(sink, "reads", schema.names)))
+    with warnings.catch_warnings():  # the deprecation below says nothing a user can act on
+        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+        return _map_legs(dataset, legs, sink, schema, rows_per_task, max_retries)
+
+
+def _map_legs(dataset: Any, legs: list[Leg], sink: Any, schema: pa.Schema, rows_per_task: int, max_retries: int):
     import ray
 
-    legs = split(stages, input_columns, tuple(getattr(sink, "reads", schema.names)))
     for n, leg in enumerate(legs):
         args = {"stages": leg.stages, "keep": leg.keep, "sink": None, "schema": None}
         if n == len(legs) - 1:

@@ -236,6 +236,8 @@ def _early_rejects(hashed: pa.Table, dupes: pa.Table) -> pa.Table:
 def _changed(items: pa.Table, ledger: pa.Table) -> pa.Array:
     """URIs whose listed version (size and mtime) differs from the one recorded when they were done."""
     listed = items.filter(pc.is_valid(items["source_version"])).select(["source_uri", "source_version"])
+    if listed.num_rows == 0:  # a manifest says nothing of the content
+        return pa.array([], pa.string())
     done = ledger.filter(pc.is_valid(ledger["source_version"])).select(["source_uri", "source_version"])
     both = listed.join(done.rename_columns(["source_uri", "done_version"]), "source_uri")
     return pc.unique(both.filter(pc.not_equal(both["source_version"], both["done_version"]))["source_uri"])

@@ -143,21 +143,22 @@ def ray_session(cfg: RayConfig, show_progress: bool) -> Iterator[None]:
     import ray
     import ray.data  # configures Ray Data's loggers, adjusted below
 
+    # Quiet by default: Ray's notices (token authentication, progress bars off, ...) on the console only with -v.
+    level = logging.INFO if log.isEnabledFor(logging.INFO) else logging.ERROR
     started = not ray.is_initialized()
     if started and cfg.address:
         # Ship this checkout's packages to the cluster's workers, so the cluster needs only the dependencies.
-        ray.init(address=cfg.address, runtime_env={"py_modules": [pipeline, schemas]}, logging_level=logging.WARNING)
+        ray.init(address=cfg.address, runtime_env={"py_modules": [pipeline, schemas]}, logging_level=level)
     elif started:
         ray.init(
             num_cpus=cfg.num_cpus,
             object_store_memory=cfg.object_store_mb * 2**20,
             include_dashboard=False,
-            logging_level=logging.WARNING,
+            logging_level=level,
         )
-    if not log.isEnabledFor(logging.INFO):  # Ray Data's per-execution lines stay in its log files, off the console
-        for handler in logging.getLogger("ray.data").handlers:
-            if not type(handler).__name__.endswith("FileHandler"):  # the console one (PlainRayHandler)
-                handler.setLevel(logging.WARNING)
+    for handler in logging.getLogger("ray.data").handlers:  # Ray Data's per-execution lines stay in its log files
+        if level > logging.INFO and not type(handler).__name__.endswith("FileHandler"):  # the console one
+            handler.setLevel(level)
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = show_progress
     context.enable_operator_progress_bars = show_progress

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from jobs.cli import main
+from jobs.corpus import make_corpus
 
 
 def test_help_and_version() -> None:
@@ -82,3 +83,20 @@ def test_train_set_values_are_yaml_and_malformed_ones_are_named() -> None:
     from trainer.config import TrainConfig
 
     assert load(TrainConfig, None, {"model": {"x": 1}} | parse_sets(["optim.lr=1e-4"])).optim.lr == 1e-4
+
+
+@pytest.mark.slow
+def test_preprocess_is_quiet_by_default_and_says_more_with_v(tmp_path: Path) -> None:
+    """A normal run prints the summary, not Ray's notices; -v shows them (a fresh process: Ray's loggers are global)."""
+    make_corpus(str(tmp_path / "in"), count=2)
+    command = [sys.executable, "-m", "jobs.cli", "preprocess", str(tmp_path / "in"), "--num-cpus", "1"]
+    quiet = subprocess.run(command + ["--out", str(tmp_path / "a")], capture_output=True, text=True, check=True)
+    assert "dataset:" in quiet.stdout
+    assert "WARNING" not in quiet.stderr and "Token authentication" not in quiet.stderr, quiet.stderr
+    verbose = subprocess.run(
+        [command[0], *command[1:3], "-v", *command[3:], "--out", str(tmp_path / "b")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "already accounted for" in verbose.stderr  # rdtf's own log lines, and Ray's

@@ -92,7 +92,9 @@ class ParquetRows:
             skip = max(0, skip - len(rows))
 
     def iter_from(self, start: Position) -> Iterator[tuple[Position, dict[str, Any]]]:
-        epoch, index = start
+        # Every epoch holds the same rows: a position past an epoch's last row (a checkpoint taken right after it)
+        # is a position in a later epoch.
+        epoch, index = divmod(start[0] * sum(self.rows_per_file) + start[1], sum(self.rows_per_file))
         while True:
             slot, _, row = self._locate(epoch, index)
             for file in self.order(epoch)[slot:]:

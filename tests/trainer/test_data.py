@@ -85,6 +85,18 @@ def test_seek_reads_the_same_rows_as_the_stream(dataset):
     assert next(later)[1]["sample_id"] == streamed[17][1]["sample_id"]
 
 
+def test_a_position_just_past_an_epochs_last_row_starts_the_next_epoch(dataset):
+    """A checkpoint taken right after the last row of an epoch saves (epoch, rows); resuming there must work (it
+    raised IndexError: `rdtf train` continuing the demo's run failed at once)."""
+    rows = ParquetRows(dataset, 0, 1, seed=0)
+    stream = rows.iter_from((0, 0))
+    expected = [next(stream) for _ in range(17)][15:]
+    resumed = rows.iter_from((0, 15))
+    assert [(p, r["sample_id"]) for p, r in (next(resumed), next(resumed))] == [
+        (p, r["sample_id"]) for p, r in expected
+    ]
+
+
 def test_weights_admit_rows_into_the_buffer(dataset):
     clip_loader = loader(dataset, buffer=4)
     asked = []

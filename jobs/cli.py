@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from importlib.metadata import version
 
@@ -35,11 +36,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def quiet_libraries() -> None:
+    """Without -v the console shows rdtf's own warnings and every error, not the libraries' notices (open_clip's
+    "no pretrained weights", diffusers' "accelerate not found", DeepSpeed's: trainer.train lowers its logger too)."""
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")  # read when diffusers is first imported
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # "No CUDA runtime is found" on CPUs
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(lambda record: record.name.startswith("rdtf") or record.levelno >= logging.ERROR)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(name)s: %(message)s"
     )
+    if not args.verbose:
+        quiet_libraries()
     try:
         return args.run(args)
     except (

@@ -11,6 +11,7 @@ codec, noise schedule and curriculum, 5. `deepspeed.initialize`, 6. resume, 7. t
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import sys
@@ -37,6 +38,8 @@ from trainer.latents import load_codec
 from trainer.masks import TEXT_ON, condition_mask, frame_mask, masked_mse
 from trainer.media import clip_to_frames, write_gif
 from trainer.text import TextEncoder
+
+log = logging.getLogger("rdtf.train")
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -265,6 +268,8 @@ def train(cfg: TrainConfig, data: str, run_dir: str) -> TrainSummary:
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=optim.lr, betas=optim.betas, eps=optim.eps, weight_decay=optim.weight_decay
     )
+    if not log.isEnabledFor(logging.INFO):  # DeepSpeed's notices (its logger is its own) only at INFO, e.g. -v
+        deepspeed.utils.logger.setLevel(logging.ERROR)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=deepspeed_config(cfg, bf16))
     ema = None
     if cfg.optim.ema_decay is not None:  # shadow weights in fp32: a bf16 copy would not move at decay 0.9999

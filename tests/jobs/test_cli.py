@@ -86,8 +86,9 @@ def test_train_set_values_are_yaml_and_malformed_ones_are_named() -> None:
 
 
 @pytest.mark.slow
-def test_preprocess_is_quiet_by_default_and_says_more_with_v(tmp_path: Path) -> None:
-    """A normal run prints the summary, not Ray's notices; -v shows them (a fresh process: Ray's loggers are global)."""
+def test_preprocess_and_train_are_quiet_by_default(tmp_path: Path) -> None:
+    """A normal run prints the summary, not the libraries' notices; -v shows them (fresh processes: the libraries'
+    loggers are global)."""
     make_corpus(str(tmp_path / "in"), count=2)
     command = [sys.executable, "-m", "jobs.cli", "preprocess", str(tmp_path / "in"), "--num-cpus", "1"]
     quiet = subprocess.run(command + ["--out", str(tmp_path / "a")], capture_output=True, text=True, check=True)
@@ -100,3 +101,15 @@ def test_preprocess_is_quiet_by_default_and_says_more_with_v(tmp_path: Path) -> 
         check=True,
     )
     assert "already accounted for" in verbose.stderr  # rdtf's own log lines, and Ray's
+    train = [command[0], *command[1:3], "train", "--config", "configs/tiny.yaml", "--data", str(tmp_path / "a")]
+    train += ["--out", str(tmp_path / "run"), "--steps", "2", "--set", "run.checkpoint_every=2"]
+    trained = subprocess.run(train, capture_output=True, text=True, check=True)
+    assert "trained steps 0 -> 2" in trained.stdout
+    # rdtf's own warning (random text weights) stays; DeepSpeed's and open_clip's notices do not
+    assert "text.weights is 'random'" in trained.stderr
+    for notice in ("[WARNING]", "No pretrained weights", "No CUDA runtime"):
+        assert notice not in trained.stderr, trained.stderr
+    sample = [command[0], *command[1:3], "sample", "--checkpoint", str(tmp_path / "run"), "--task", "t2v"]
+    sample += ["--text", "a red circle", "--steps", "2"]
+    sampled = subprocess.run(sample + ["--out", str(tmp_path / "s.gif")], capture_output=True, text=True, check=True)
+    assert "accelerate" not in sampled.stderr, sampled.stderr  # diffusers' notice

@@ -292,7 +292,7 @@ def train(cfg: TrainConfig, data: str, run_dir: str) -> TrainSummary:
     start_step = step
 
     # -- 7. the loop ---------------------------------------------------------------------------------------------------
-    tb = _tensorboard(run_dir) if is_main else None
+    tb = _tensorboard(run_dir, start_step) if is_main else None
     bar = tqdm(total=cfg.run.max_steps, initial=step, unit="step", disable=not (is_main and sys.stderr.isatty()))
     latent_shape = (codec.channels, 8, latent_size, latent_size)
     started = time.perf_counter()
@@ -410,10 +410,12 @@ def train(cfg: TrainConfig, data: str, run_dir: str) -> TrainSummary:
     )
 
 
-def _tensorboard(run_dir: str):
+def _tensorboard(run_dir: str, start_step: int):
+    """The run's TensorBoard writer. On resume, `purge_step` tells TensorBoard to drop what the earlier process
+    logged after its checkpoint (those steps are redone), so each step shows once."""
     from torch.utils.tensorboard import SummaryWriter  # imported here: only rank 0 writes
 
-    return SummaryWriter(os.path.join(run_dir, "tb"))
+    return SummaryWriter(os.path.join(run_dir, "tb"), purge_step=start_step + 1 if start_step else None)
 
 
 def _append_metrics(run_dir: str, record: dict[str, Any]) -> None:

@@ -108,6 +108,13 @@ def test_resume_after_sigkill_repeats_the_uninterrupted_run(data, straight_run, 
     out = finish(rdtf(*args, "--set", "run.checkpoint_every=2"))
     assert f"resumed from step {int(killed_at[5:])}" in out
     assert metrics(run) == metrics(straight_run)  # same tasks, same batches (sample ids), same losses
+    # TensorBoard is told to drop what the killed process logged after its checkpoint (purge_step)
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    events = [event for path in (run / "tb").iterdir() for event in EventFileLoader(str(path)).Load()]
+    starts = [e for e in events if e.HasField("session_log") and e.session_log.status == e.session_log.START]
+    purges = [e.step for e in starts]
+    assert int(killed_at[5:]) + 1 in purges
     for ema in (False, True):
         resumed, straight = weights(run, ema), weights(straight_run, ema)
         assert resumed.keys() == straight.keys()

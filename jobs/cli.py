@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from importlib.metadata import version
 
+from jobs.console import quiet_libraries
 from jobs.demo import add_demo_parser
 from jobs.preprocess import add_preprocess_parser
 from jobs.sample import add_sample_parser
@@ -34,15 +34,6 @@ def build_parser() -> argparse.ArgumentParser:
     add_sample_parser(commands)
     add_demo_parser(commands)
     return parser
-
-
-def quiet_libraries() -> None:
-    """Without -v the console shows rdtf's own warnings and every error, not the libraries' notices (open_clip's
-    "no pretrained weights", diffusers' "accelerate not found", DeepSpeed's: trainer.train lowers its logger too)."""
-    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")  # read when diffusers is first imported
-    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # "No CUDA runtime is found" on CPUs
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(lambda record: record.name.startswith("rdtf") or record.levelno >= logging.ERROR)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from jobs.console import importing_quietly
 from jobs.corpus import make_corpus
 from pipeline.config import ClipConfig, PreprocessConfig
 from schemas.config import load
@@ -65,8 +66,10 @@ def train_and_sample(dataset: str, out: str, steps: int) -> None:
     """A short run of the tiny preset on this dataset (pixel space, random text tower), then samples: a t2v GIF and
     an interpolation of one of the dataset's stickers beside the real one."""
     from trainer.config import TrainConfig  # imported here: torch, DeepSpeed and diffusers load slowly
-    from trainer.sample import SampleRequest, sample
-    from trainer.train import train
+
+    with importing_quietly():
+        from trainer.sample import SampleRequest, sample
+        from trainer.train import train
 
     run_dir, gif = os.path.join(out, "run"), os.path.join(out, "sample_t2v.gif")
     overrides = {"run.max_steps": steps, "run.checkpoint_every": steps, "curriculum.length": steps}

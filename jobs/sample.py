@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from jobs.console import importing_quietly
 from trainer.masks import TASKS
 
 
@@ -38,7 +39,8 @@ def add_sample_parser(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from trainer.sample import NEEDS_GIF, NEEDS_IMAGE, SampleRequest, sample
+    with importing_quietly():
+        from trainer.sample import NEEDS_GIF, NEEDS_IMAGE, SampleRequest, sample
 
     if args.task in NEEDS_IMAGE and not args.image:
         args.parser.error(f"--task {args.task} needs --image (the given frame)")

@@ -11,6 +11,7 @@ from typing import Any
 
 import yaml
 
+from jobs.console import importing_quietly
 from schemas.config import ConfigError, load
 
 # flag -> dotted config key; flags and --set override the --config file.
@@ -64,7 +65,9 @@ def add_train_parser(commands: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from trainer.config import TrainConfig  # imported here: `rdtf --help` stays fast
-    from trainer.train import train
+
+    with importing_quietly():
+        from trainer.train import train
 
     overrides = {key: getattr(args, flag) for flag, key in FLAG_KEYS.items() if getattr(args, flag) is not None}
     cfg = load(TrainConfig, args.config, overrides | parse_sets(args.sets))

@@ -4,12 +4,15 @@ One process by default (CPU, or one GPU); one process per GPU under the `deepspe
 RANK / WORLD_SIZE / LOCAL_RANK environment says which). Re-running on a RUN_DIR resumes from its last checkpoint:
 on CPU in fp32 with the same number of processes, the resumed run's losses equal an uninterrupted run's.
 
-The order of `train()`: 1. processes and device, 2. the run folder and config, 3. data, 4. model, text tower,
-codec, noise schedule and curriculum, 5. `deepspeed.initialize`, 6. resume, 7. the loop, 8. the summary.
+The order of `train()`: 1. the dataset, processes and device, 2. this rank's data, 3. model, text tower, codec,
+noise schedule and curriculum, 4. the run folder and config (so a wrong --data or model setting writes nothing),
+5. `deepspeed.initialize`, 6. resume, 7. the loop, 8. the summary.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 import os
@@ -90,7 +93,10 @@ def init_processes() -> tuple[int, int, torch.device]:
         )
     cuda = torch.cuda.is_available()
     if not dist.is_initialized():
-        deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo")
+        printed = io.StringIO()  # DeepSpeed prints its communication op's build as it loads it
+        with contextlib.redirect_stdout(printed if not log.isEnabledFor(logging.INFO) else sys.stdout):
+            deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo")
+        log.debug("%s", printed.getvalue().strip())
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
     if cuda:
@@ -235,7 +241,8 @@ def _memory_gib(device: torch.device) -> float:
 
 def train(cfg: TrainConfig, data: str, run_dir: str) -> TrainSummary:
     """Train (or resume) the run in `run_dir` on the dataset at `data`; see the module docstring for the order."""
-    # -- 1. processes and device -------------------------------------------------------------------------------------
+    # -- 1. the data (a wrong --data fails here, before any process group or file), processes and device ----------
+    reader = open_dataset(data)
     rank, world_size, device = init_processes()
     bf16 = cfg.engine.precision == "bf16" or (cfg.engine.precision == "auto" and device.type == "cuda")
     dtype = torch.bfloat16 if bf16 else torch.float32
@@ -243,15 +250,11 @@ def train(cfg: TrainConfig, data: str, run_dir: str) -> TrainSummary:
     seed = cfg.run.seed
     torch.manual_seed(seed)  # the same initial weights on every rank (ZeRO-3 partitions each rank's own copy)
 
-    # -- 2. the run folder and its config ---------------------------------------------------------------------------
-    prepare_run(run_dir, cfg, data, rank)
-
-    # -- 3. data: this rank's shards, streamed through a shuffle buffer ---------------------------------------------
-    reader = open_dataset(data)
+    # -- 2. data: this rank's shards, streamed through a shuffle buffer ---------------------------------------------
     rows = ParquetRows(reader, rank, world_size, seed, cfg.data.read_batch_rows)
     loader = ClipLoader(rows, cfg.data, cfg.latent.resolution, seed, rank)
 
-    # -- 4. model, frozen text tower and codec, noise schedule, curriculum ------------------------------------------
+    # -- 3. model, frozen text tower and codec, noise schedule, curriculum ------------------------------------------
     codec = load_codec(cfg.latent, device, dtype)
     text_encoder = TextEncoder(cfg.text).to(device, dtype)
     latent_size = cfg.latent.resolution // codec.factor
@@ -259,9 +262,13 @@ def train(cfg: TrainConfig, data: str, run_dir: str) -> TrainSummary:
     model = DFGN(**(cfg.model | sizes))
     if cfg.engine.gradient_checkpointing:
         model.enable_gradient_checkpointing()
+
     torch.manual_seed(seed + rank)  # from here on (dropout, if any) each rank draws its own
     noise_scheduler = train_scheduler(cfg.diffusion)
     curriculum = Curriculum(cfg.curriculum, seed)
+
+    # -- 4. the run folder and its config: written once the data and the model were accepted ---------------------
+    prepare_run(run_dir, cfg, data, rank)
 
     # -- 5. DeepSpeed: ZeRO, precision, accumulation, clipping, warmup ----------------------------------------------
     optim = cfg.optim

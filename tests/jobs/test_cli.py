@@ -102,6 +102,11 @@ def test_preprocess_and_train_are_quiet_by_default(tmp_path: Path) -> None:
     )
     assert "already accounted for" in verbose.stderr  # rdtf's own log lines, and Ray's
     train = [command[0], *command[1:3], "train", "--config", "configs/tiny.yaml", "--data", str(tmp_path / "a")]
+    # a wrong --data or model setting is refused before anything is written
+    for bad in (["--data", str(tmp_path / "nowhere")], ["--set", "model.norm_num_groups=7"]):
+        refused = subprocess.run([*train, *bad, "--out", str(tmp_path / "no")], capture_output=True, text=True)
+        assert refused.returncode == 2 and "rdtf train: error:" in refused.stderr, refused.stderr
+        assert not (tmp_path / "no").exists()
     train += ["--out", str(tmp_path / "run"), "--steps", "2", "--set", "run.checkpoint_every=2"]
     trained = subprocess.run(train, capture_output=True, text=True, check=True)
     assert "trained steps 0 -> 2" in trained.stdout

@@ -223,8 +223,8 @@ def _early_rejects(hashed: pa.Table, dupes: pa.Table) -> pa.Table:
             "source_uri": dupes["source_uri"],
             "sample_id": dupes["sample_id"],
             "source_version": dupes["source_version"],
-            "stage": pa.array(["dedupe"] * dupes.num_rows, pa.string()),
-            "reason": pa.array(["duplicate"] * dupes.num_rows, pa.string()),
+            "stage": pa.repeat(pa.scalar("dedupe"), dupes.num_rows),
+            "reason": pa.repeat(pa.scalar("duplicate"), dupes.num_rows),
             "message": message,
             "kept_sample_id": dupes["sample_id"],
         }

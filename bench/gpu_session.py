@@ -11,11 +11,13 @@ so everything is prepared on this machine first and the run keeps to a time budg
 `run` does, in this order, each part in its own process with its own time limit, writing what it has so far under
 --out after every part (a part that fails or runs out of time is reported and the next one starts):
 1. the machine: GPU, torch, and a bf16 matrix product's rate (the peak the MFU figures are shares of);
-2. bench/learning.py on the synthetic corpus at the longest budget that fits: a 150-step probe times a step, then
-   the training steps are chosen to fit the part's time (the learning curve against copy-nearest, issue 15);
-3. bench/train_step.py: paper and small presets in bf16 under DeepSpeed ZeRO-2: clips/s, MFU, peak memory, the
-   largest micro-batch (issue 5);
-4. bench/learning.py on the shared stickers with the time left.
+2. a 60-step probe of the tiny preset at --micro-batch times a step, so that the learning runs fit their time;
+3. bench/learning.py on the synthetic corpus at the longest budget that fits (the learning curve against
+   copy-nearest, issue 15); the tiny preset's step is host-bound on a GPU (docs/benchmarks.md), so a larger
+   micro-batch than the CPU's 4 sees more clips in the same time;
+4. with --train-step, bench/train_step.py: paper and small presets in bf16 under DeepSpeed ZeRO-2: clips/s, MFU,
+   peak memory, the largest micro-batch (issue 5);
+5. bench/learning.py on the shared stickers with the time left.
 """
 
 from __future__ import annotations
@@ -83,6 +85,7 @@ class Session:
         self.out, self.deadline, self.started = out, time.monotonic() + budget, time.monotonic()
         self.work = Path("/tmp/rdtf-gpu")
         self.summary: list[str] = []
+        self.kept: list[Path] = []  # files of the parts so far, bundled with the log
         self.log = self.work / "log.txt"
         self.work.mkdir(parents=True, exist_ok=True)
         self.log.touch()
@@ -118,11 +121,13 @@ class Session:
         self.save()
 
     def save(self, extra: list[Path] = ()) -> None:
+        """Rewrite summary.md and bundle.tar.gz: the log and every file kept so far (`extra` joins them)."""
+        self.kept += extra
         (self.out / "summary.md").write_text("\n".join(self.summary) + "\n")
         with tarfile.open(self.out / "bundle.tar.gz", "w:gz") as tar:
             tar.add(self.log, arcname="log.txt")
-            for path in extra:
-                tar.add(path, arcname=path.name)
+            for path in self.kept:
+                tar.add(path, arcname=f"{path.parent.name}/{path.name}")
 
 
 def machine_report(session: Session) -> float | None:
@@ -148,41 +153,44 @@ def machine_report(session: Session) -> float | None:
     return peak
 
 
-def seconds_per_step(learning_dir: Path, session: Session) -> float | None:
-    """Train 150 steps of the tiny preset with a checkpoint every 50; a step's time from the checkpoints' times."""
+def seconds_per_step(learning_dir: Path, session: Session, batch: int) -> float | None:
+    """Train 60 steps of the tiny preset with a checkpoint every 20; a step's time from the checkpoints' times."""
     run = session.work / "probe"
     command = [sys.executable, "-m", "jobs.cli", "train", "--config", "configs/tiny.yaml"]
-    command += ["--data", str(learning_dir / "synthetic_train"), "--out", str(run), "--steps", "150"]
-    command += ["--set", "run.checkpoint_every=50", "--set", "run.keep_checkpoints=10", "--set", "run.log_every=50"]
-    if not session.part("probe (tiny, 150 steps)", command, 90):
+    command += ["--data", str(learning_dir / "synthetic_train"), "--out", str(run), "--steps", "60"]
+    settings = ("run.checkpoint_every=20", "run.keep_checkpoints=10", "run.log_every=20", f"optim.micro_batch={batch}")
+    for setting in settings:
+        command += ["--set", setting]
+    if not session.part(f"probe (tiny, micro-batch {batch}, 60 steps)", command, 120):
         return None
     stamps = {}
     for folder in (run / "checkpoints").glob("step-*"):
         stamps[int(folder.name.split("-")[1])] = max(p.stat().st_mtime for p in folder.rglob("*") if p.is_file())
-    value = (stamps[150] - stamps[50]) / 100
-    session.note(f"tiny preset: {value * 1000:.0f} ms per training step (steps 50-150, checkpoints included)")
+    value = (stamps[60] - stamps[20]) / 40
+    session.note(f"tiny preset: {value * 1000:.0f} ms per training step at micro-batch {batch} (steps 20-60)")
     return value
 
 
-def learning_part(session: Session, corpus: str, seconds: float, step_time: float) -> None:
-    """bench/learning.py on one corpus, with as many steps as about 60% of `seconds` trains (the rest scores)."""
-    steps = int(0.6 * seconds / step_time) // 250 * 250
-    if steps < 250:
+def learning_part(session: Session, corpus: str, seconds: float, step_time: float, batch: int, clips: int) -> None:
+    """bench/learning.py on one corpus, with as many steps as about 60% of `seconds` trains (the rest scores three
+    checkpoints and draws the pictures); what it has is kept under --out even when it runs out of time."""
+    every = int(0.6 * seconds / step_time) // 3 // 10 * 10
+    if every < 10:
         session.note(f"learning {corpus}: skipped ({seconds:.0f} s is too little)")
         return
-    every = max(250, steps // 4 // 250 * 250)
-    docs = session.out / f"learning_{corpus}"
+    steps, docs = 3 * every, session.out / f"learning_{corpus}"
     command = [sys.executable, "bench/learning.py", "--out", str(GPU_DIR / "learning"), *LEARNING]
     command += ["--corpora", corpus, "--steps", str(steps), "--shared-steps", str(steps), "--eval-every", str(every)]
-    command += ["--eval-clips", "32", "--threads", "8", "--docs", str(docs)]
-    ok = session.part(f"learning {corpus} ({steps} steps, scored every {every})", command, seconds)
-    results = GPU_DIR / "learning" / "results.json"
-    if ok and results.is_file():
-        copy = session.work / f"learning_{corpus}.json"
-        shutil.copy(results, copy)
-        runs = GPU_DIR / "learning" / "runs"
-        metrics = [copy, *runs.glob(f"{corpus}-*/metrics.jsonl"), *runs.glob(f"{corpus}-*.log")]
-        session.save(metrics)
+    command += ["--eval-clips", str(clips), "--threads", "8", "--docs", str(docs), "--no-sweep"]
+    command += ["--set", f"optim.micro_batch={batch}"]
+    session.part(f"learning {corpus} ({steps} steps at micro-batch {batch}, scored every {every})", command, seconds)
+    results, runs = GPU_DIR / "learning" / "results.json", GPU_DIR / "learning" / "runs"
+    kept = [*runs.glob(f"{corpus}-*/metrics.jsonl"), *runs.glob(f"{corpus}-*.log")]
+    if results.is_file():
+        kept.append(session.work / f"learning_{corpus}.json")
+        shutil.copy(results, kept[-1])
+        results.unlink()  # the next corpus starts its own
+    session.save(kept)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -190,17 +198,21 @@ def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     session = Session(args.out, args.budget)
     peak = machine_report(session)
-    step_time = seconds_per_step(GPU_DIR / "learning", session)
+    batch = args.micro_batch if peak is not None else 4  # the dry run on a CPU: the CPU's micro-batch
+    clips = 32 if peak is not None else 4
+    step_time = seconds_per_step(GPU_DIR / "learning", session, batch)
     if step_time is not None:
-        learning_part(session, "synthetic", 0.45 * session.left(), step_time)
-    command = [sys.executable, "bench/train_step.py", "--steps", "10", "--out", str(args.out / "train_step.json")]
-    if peak is None:  # the dry run: the smallest shapes
-        command += ["--presets", "tiny", "--baseline-channels", "32", "64", "--batch", "1", "--steps", "2", "--no-fit"]
-    else:
-        command += ["--peak-tflops", f"{peak:.0f}", "--max-batch", "64"]
-    session.part("train step (paper, small, bf16, ZeRO-2)", command, min(150.0, 0.5 * session.left()))
+        learning_part(session, "synthetic", args.synthetic_share * session.left(), step_time, batch, clips)
+    if args.train_step:
+        command = [sys.executable, "bench/train_step.py", "--steps", "10", "--out", str(args.out / "train_step.json")]
+        if peak is None:  # the dry run: the smallest shapes
+            command += ["--presets", "tiny", "--baseline-channels", "32", "64", "--batch", "1", "--steps", "2"]
+            command += ["--no-fit"]
+        else:
+            command += ["--peak-tflops", f"{peak:.0f}", "--max-batch", "64"]
+        session.part("train step (paper, small, bf16, ZeRO-2)", command, min(150.0, 0.5 * session.left()))
     if step_time is not None:
-        learning_part(session, "shared", session.left() - 10, step_time)
+        learning_part(session, "shared", session.left() - 10, step_time, batch, clips)
     session.note(f"session: {time.monotonic() - session.started:.0f} s of a {args.budget:.0f} s budget")
     return 0
 
@@ -212,6 +224,11 @@ def main(argv: list[str] | None = None) -> int:
     there = steps.add_parser("run", help="on the GPU machine: the checks, within --budget seconds")
     there.add_argument("--out", type=Path, required=True)
     there.add_argument("--budget", type=float, default=500.0, help="seconds for all parts (500)")
+    there.add_argument("--micro-batch", type=int, default=32, help="the learning runs' micro-batch on a GPU (32)")
+    there.add_argument("--synthetic-share", type=float, default=0.7,
+                       help="share of the time after the probe for the synthetic learning run (0.7)")  # fmt: skip
+    there.add_argument("--train-step", action=argparse.BooleanOptionalAction, default=True,
+                       help="measure the paper and small presets' training step (on)")  # fmt: skip
     args = parser.parse_args(argv)
     return prepare(args) if args.step == "prepare" else run(args)
 

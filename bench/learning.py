@@ -224,6 +224,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--corpora", nargs="+", choices=("synthetic", "shared"), default=["synthetic", "shared"])
     parser.add_argument("--frame-size", type=int, default=256, help="pixels of the preprocessed frames (256)")
     parser.add_argument("--prepare-only", action="store_true", help="preprocess and split, then stop")
+    parser.add_argument("--sweep", action=argparse.BooleanOptionalAction, default=True,
+                        help="the guidance sweep on the last synthetic checkpoint (on)")  # fmt: skip
     args = parser.parse_args(argv)
     if min(args.steps, args.eval_every, args.eval_clips, args.eval_steps, args.eval_draws) < 1:
         parser.error("--steps, --eval-every, --eval-clips, --eval-steps and --eval-draws must be at least 1")
@@ -285,10 +287,12 @@ def main(argv: list[str] | None = None) -> int:
                 report = score(run, parts[name], f"step-{step:08d}", clips, args.eval_steps, guidance, args.eval_draws)
                 curves[name][step] = report
                 print(f"{corpus} {name} step {step}: " + "; ".join(report["lines"][1:]), flush=True)
+                results[corpus] = {"counts": counts, "train_s": seconds, "curves": curves}
+                (out / "results.json").write_text(json.dumps(results, indent=2, default=str))  # so far, if cut short
             sections.append(curve_table(f"{corpus}, held-out {name.split('_')[-1]} clips ({clips})", curves[name]))
             sections.append(loss_table(f"{corpus}, {name}: loss on generated frames per task, last step", report))
         sweep = {}
-        if corpus == "synthetic":
+        if corpus == "synthetic" and args.sweep:
             for scales in SWEEP:
                 report = score(run, parts["heldout_moving"], f"step-{steps:08d}", args.eval_clips, args.eval_steps,
                                scales, 1)  # fmt: skip

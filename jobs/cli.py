@@ -10,12 +10,14 @@ from importlib.metadata import version
 from jobs.console import quiet_libraries
 from jobs.demo import add_demo_parser
 from jobs.preprocess import add_preprocess_parser
+from jobs.query import add_query_parser
 from jobs.sample import add_sample_parser
 from jobs.train import add_train_parser
 from pipeline.discover import InputError
 from pipeline.lock import OutputLockedError
 from schemas.config import ConfigError
 from schemas.layout import UnsafeURIError
+from schemas.query import QueryError
 from schemas.reader import SchemaVersionError
 
 
@@ -32,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_preprocess_parser(commands)
     add_train_parser(commands)
     add_sample_parser(commands)
+    add_query_parser(commands)
     add_demo_parser(commands)
     return parser
 
@@ -52,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         FileNotFoundError,
         OutputLockedError,
         UnsafeURIError,
+        QueryError,
     ) as error:  # the user's to fix
         print(f"rdtf {args.command}: error: {error}", file=sys.stderr)
         return 2

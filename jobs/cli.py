@@ -12,6 +12,7 @@ from jobs.demo import add_demo_parser
 from jobs.preprocess import add_preprocess_parser
 from jobs.query import add_query_parser
 from jobs.sample import add_sample_parser
+from jobs.stats import add_stats_parser
 from jobs.train import add_train_parser
 from pipeline.discover import InputError
 from pipeline.lock import OutputLockedError
@@ -35,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_parser(commands)
     add_sample_parser(commands)
     add_query_parser(commands)
+    add_stats_parser(commands)
     add_demo_parser(commands)
     return parser
 

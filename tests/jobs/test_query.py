@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pyarrow.compute as pc
@@ -19,60 +17,38 @@ from schemas.query import QueryError, query
 from schemas.reader import open_dataset
 
 REPO = Path(__file__).resolve().parents[2]
-STICKER_COUNT = 24
 
 
-@pytest.fixture(scope="module")
-def dataset(stickers: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """24 shared stickers and two files that cannot be decoded, through `rdtf preprocess` (no CLIP)."""
-    folder = tmp_path_factory.mktemp("query")
-    with open(stickers / "manifest.csv", newline="") as f:
-        rows = list(csv.DictReader(f))[:STICKER_COUNT]
-    (folder / "not_a_gif.gif").write_bytes(b"plain text, not a GIF")
-    (folder / "empty.gif").write_bytes(b"")
-    with open(folder / "manifest.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["file", "caption"])
-        writer.writerows([str(stickers / row["file"]), row["text"]] for row in rows)
-        writer.writerows([[str(folder / "not_a_gif.gif"), "bad"], [str(folder / "empty.gif"), "empty"]])
-    out = folder / "dataset"
-    with tempfile.TemporaryDirectory(prefix="rdtf-ray-", dir="/tmp") as ray_tmp:
-        env = os.environ | {"RAY_TMPDIR": ray_tmp, "RAY_USAGE_STATS_ENABLED": "0"}
-        command = [sys.executable, "-m", "jobs.cli", "preprocess", str(folder / "manifest.csv"), "--out", str(out)]
-        command += ["--frame-size", "64", "--num-cpus", "1", "--no-progress"]
-        subprocess.run(command, cwd=REPO, env=env, check=True, capture_output=True)
-    return out
-
-
-def test_counts_match_pyarrow(dataset: Path) -> None:
-    reader = open_dataset(str(dataset))
+def test_counts_match_pyarrow(sticker_dataset: Path) -> None:
+    reader = open_dataset(str(sticker_dataset))
     table = reader.read(columns=["num_frames", "static_difficulty", "caption"])
     expected = int(pc.sum(pc.greater_equal(table["num_frames"], 8)).as_py())
-    got = query(str(dataset), "SELECT count(*) AS n FROM stickers WHERE num_frames >= 8")
+    got = query(str(sticker_dataset), "SELECT count(*) AS n FROM stickers WHERE num_frames >= 8")
     assert got["n"].to_pylist() == [expected]
-    assert 0 < reader.num_rows <= STICKER_COUNT
-    hardest = query(str(dataset), "SELECT static_difficulty FROM stickers ORDER BY static_difficulty DESC LIMIT 3")
+    assert reader.num_rows > 0
+    sql = "SELECT static_difficulty FROM stickers ORDER BY static_difficulty DESC LIMIT 3"
+    hardest = query(str(sticker_dataset), sql)
     assert hardest["static_difficulty"].to_pylist() == sorted(table["static_difficulty"].to_pylist())[::-1][:3]
-    reasons = query(str(dataset), "SELECT reason, count(*) AS n FROM rejects GROUP BY reason ORDER BY reason")
+    reasons = query(str(sticker_dataset), "SELECT reason, count(*) AS n FROM rejects GROUP BY reason ORDER BY reason")
     assert dict(zip(reasons["reason"].to_pylist(), reasons["n"].to_pylist(), strict=True)) == {
         "empty_file": 1,
         "unsupported_format": 1,
     }
 
 
-def test_table_output_summarises_frames(dataset: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["query", str(dataset), "SELECT sample_id, frames, clip_embedding FROM stickers LIMIT 2"]) == 0
+def test_table_output_summarises_frames(sticker_dataset: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["query", str(sticker_dataset), "SELECT sample_id, frames, clip_embedding FROM stickers LIMIT 2"]) == 0
     out = capsys.readouterr().out
     assert " frames]" in out and "PNG" not in out and "\\x89" not in out
     assert out.count(" frames]") == 2  # one per row
 
 
 @pytest.mark.parametrize("fmt", ["csv", "json", "parquet"])
-def test_export_formats(dataset: Path, tmp_path: Path, fmt: str) -> None:
+def test_export_formats(sticker_dataset: Path, tmp_path: Path, fmt: str) -> None:
     target = tmp_path / f"result.{fmt}"
     sql = "SELECT sample_id, num_frames FROM stickers ORDER BY sample_id"
-    assert main(["query", str(dataset), sql, "--format", fmt, "--output", str(target)]) == 0
-    expected = sorted(open_dataset(str(dataset)).read(columns=["sample_id"])["sample_id"].to_pylist())
+    assert main(["query", str(sticker_dataset), sql, "--format", fmt, "--output", str(target)]) == 0
+    expected = sorted(open_dataset(str(sticker_dataset)).read(columns=["sample_id"])["sample_id"].to_pylist())
     if fmt == "parquet":
         got = pq.read_table(target)["sample_id"].to_pylist()
     elif fmt == "json":
@@ -82,11 +58,11 @@ def test_export_formats(dataset: Path, tmp_path: Path, fmt: str) -> None:
     assert got == expected
 
 
-def test_to_makes_a_dataset_that_records_its_parent(dataset: Path, tmp_path: Path) -> None:
+def test_to_makes_a_dataset_that_records_its_parent(sticker_dataset: Path, tmp_path: Path) -> None:
     target = tmp_path / "hardest"
     sql = "SELECT * FROM stickers ORDER BY static_difficulty DESC LIMIT 5"
-    assert main(["query", str(dataset), sql, "--to", str(target)]) == 0
-    parent = open_dataset(str(dataset))
+    assert main(["query", str(sticker_dataset), sql, "--to", str(target)]) == 0
+    parent = open_dataset(str(sticker_dataset))
     rows = parent.read()
     order = pc.sort_indices(rows, [("static_difficulty", "descending")])
     subset = open_dataset(str(target))
@@ -96,7 +72,8 @@ def test_to_makes_a_dataset_that_records_its_parent(dataset: Path, tmp_path: Pat
     assert table.sort_by("sample_id").equals(rows.take(order[:5]).sort_by("sample_id"))  # every column kept as is
     card = subset.card
     assert card["status"] == "complete" and card["counts"]["rows"] == 5
-    assert card["derived_from"] == {"dataset": str(dataset), "query": sql, "parent_counts": parent.card["counts"]}
+    parent_counts = parent.card["counts"]
+    assert card["derived_from"] == {"dataset": str(sticker_dataset), "query": sql, "parent_counts": parent_counts}
     assert card["config"] == parent.card["config"]
     train = [sys.executable, "-m", "jobs.cli", "train", "--config", "configs/tiny.yaml", "--data", str(target)]
     trained = subprocess.run([*train, "--out", str(tmp_path / "run"), "--steps", "1"], cwd=REPO, capture_output=True,
@@ -116,26 +93,26 @@ def test_to_makes_a_dataset_that_records_its_parent(dataset: Path, tmp_path: Pat
     ],
 )
 def test_bad_sql_is_one_line_and_exit_2(
-    dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], sql: str, says: str
+    sticker_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], sql: str, says: str
 ) -> None:
     target = tmp_path / "out.csv"
-    assert main(["query", str(dataset), sql, "--format", "csv", "--output", str(target)]) == 2
+    assert main(["query", str(sticker_dataset), sql, "--format", "csv", "--output", str(target)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("rdtf query: error:") and says in err and err.count("\n") == 1
     assert not target.exists()
 
 
 def test_to_refuses_a_folder_that_is_not_empty_and_a_partial_selection(
-    dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    sticker_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     busy = tmp_path / "busy"
     busy.mkdir()
     (busy / "notes.txt").write_text("mine")
-    assert main(["query", str(dataset), "SELECT * FROM stickers", "--to", str(busy)]) == 2
+    assert main(["query", str(sticker_dataset), "SELECT * FROM stickers", "--to", str(busy)]) == 2
     assert "not empty" in capsys.readouterr().err
     assert sorted(p.name for p in busy.iterdir()) == ["notes.txt"]
     fresh = tmp_path / "fresh"
-    assert main(["query", str(dataset), "SELECT sample_id FROM stickers", "--to", str(fresh)]) == 2
+    assert main(["query", str(sticker_dataset), "SELECT sample_id FROM stickers", "--to", str(fresh)]) == 2
     assert "missing: source_uri" in capsys.readouterr().err
     assert not fresh.exists()
 
@@ -145,6 +122,6 @@ def test_a_path_that_is_not_a_dataset(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "is not an rdtf dataset" in capsys.readouterr().err
 
 
-def test_the_python_api_refuses_writes(dataset: Path) -> None:
+def test_the_python_api_refuses_writes(sticker_dataset: Path) -> None:
     with pytest.raises(QueryError, match="only SELECT"):
-        query(str(dataset), "DROP VIEW stickers")
+        query(str(sticker_dataset), "DROP VIEW stickers")

@@ -12,6 +12,8 @@ from jobs.demo import add_demo_parser
 from jobs.preprocess import add_preprocess_parser
 from jobs.query import add_query_parser
 from jobs.sample import add_sample_parser
+from jobs.search import add_search_parser
+from jobs.search_index import SearchError
 from jobs.stats import add_stats_parser
 from jobs.train import add_train_parser
 from pipeline.discover import InputError
@@ -36,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_parser(commands)
     add_sample_parser(commands)
     add_query_parser(commands)
+    add_search_parser(commands)
     add_stats_parser(commands)
     add_demo_parser(commands)
     return parser
@@ -58,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         OutputLockedError,
         UnsafeURIError,
         QueryError,
+        SearchError,
     ) as error:  # the user's to fix
         print(f"rdtf {args.command}: error: {error}", file=sys.stderr)
         return 2

@@ -104,9 +104,13 @@ class DatasetLayout:
             return json.loads(f.read().decode())
 
     def write_card(self, card: dict) -> None:
-        """Write card.json atomically: a reader sees the old card or the new one, never half of one."""
+        """Write card.json atomically (a reader sees the old card or the new one, never half of one), and the
+        Hugging Face README.md that goes with it (schemas.hub_readme)."""
+        from schemas.hub_readme import README_FILE, render  # it names this module's folders: imported here
+
         self.fs.create_dir(self.root, recursive=True)
-        tmp = f"{self.root}/{TEMP_PREFIX}{CARD_FILE}"
-        with self.fs.open_output_stream(tmp) as f:
-            f.write(json.dumps(card, indent=2, sort_keys=True).encode())
-        self.fs.move(tmp, self.card_path)
+        for name, text in ((README_FILE, render(card)), (CARD_FILE, json.dumps(card, indent=2, sort_keys=True))):
+            tmp = f"{self.root}/{TEMP_PREFIX}{name}"
+            with self.fs.open_output_stream(tmp) as f:
+                f.write(text.encode())
+            self.fs.move(tmp, f"{self.root}/{name}")

@@ -171,7 +171,8 @@ def training_loss(
     device: torch.device,
     dtype: torch.dtype,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The loss of one micro-batch, with per-clip losses and timesteps for the curriculum, and the loss on the
+    """The loss of one micro-batch, with per-clip losses on the generated frames and timesteps for the curriculum,
+    and the loss on the
     generated and the given frames apart: (generated loss, 1 if any generated frame, given loss, 1 if any given
     frame), kept on the device so that logging it costs no synchronisation.
 
@@ -201,12 +202,15 @@ def training_loss(
     # 6. the loss mask: padded frames never count
     loss = masked_mse(y_hat, y, m_frame, cfg.run.loss_normalize)
     with torch.no_grad():
-        pairs = zip(y_hat.split(1), y.split(1), m_frame.split(1), strict=True)
-        per_clip = torch.stack([masked_mse(p, e, m, cfg.run.loss_normalize) for p, e, m in pairs])
         # the same loss on the frames the task had to produce and on the frames it was given (whose noise the
         # condition makes computable): the first says how well the task is learned, the second hides it in `loss`
         given = m_frame * m_cond * keep_image[:, None]
         generated = m_frame - given
+        # per clip, for the curriculum: the generated frames only, so a clip's score measures the clip, not the
+        # mask draw (NaN for a clip with nothing to generate, which the curriculum skips)
+        pairs = zip(y_hat.split(1), y.split(1), generated.split(1), strict=True)
+        per_clip = torch.stack([masked_mse(p, e, m) for p, e, m in pairs])
+        per_clip = torch.where(generated.any(dim=1), per_clip, torch.nan)
         parts = torch.stack(
             [masked_mse(y_hat, y, generated), generated.any().float(), masked_mse(y_hat, y, given), given.any().float()]
         )
@@ -251,8 +255,8 @@ def train(cfg: TrainConfig, data: str, run_dir: str) -> TrainSummary:
     torch.manual_seed(seed)  # the same initial weights on every rank (ZeRO-3 partitions each rank's own copy)
 
     # -- 2. data: this rank's shards, streamed through a shuffle buffer ---------------------------------------------
-    rows = ParquetRows(reader, rank, world_size, seed, cfg.data.read_batch_rows)
-    loader = ClipLoader(rows, cfg.data, cfg.latent.resolution, seed, rank)
+    rows = ParquetRows(reader, rank, world_size, seed)
+    loader = ClipLoader(rows, cfg.data, cfg.latent.resolution, seed, rank, cfg.curriculum.pacing_passes)
 
     # -- 3. model, frozen text tower and codec, noise schedule, curriculum ------------------------------------------
     codec = load_codec(cfg.latent, device, dtype)
@@ -266,6 +270,7 @@ def train(cfg: TrainConfig, data: str, run_dir: str) -> TrainSummary:
     torch.manual_seed(seed + rank)  # from here on (dropout, if any) each rank draws its own
     noise_scheduler = train_scheduler(cfg.diffusion)
     curriculum = Curriculum(cfg.curriculum, seed)
+    curriculum.bind(rows.static_difficulty())  # this rank's share only: its rows' scores live in arrays of its size
 
     # -- 4. the run folder and its config: written once the data and the model were accepted ---------------------
     prepare_run(run_dir, cfg, data, rank)
@@ -324,7 +329,7 @@ def train(cfg: TrainConfig, data: str, run_dir: str) -> TrainSummary:
             )
             engine.backward(loss)
             engine.step()
-            curriculum.observe_sample_losses(batch.sample_ids, per_clip.cpu().numpy(), task, timesteps.cpu().numpy())
+            curriculum.observe_sample_losses(batch.rows, per_clip.cpu().numpy(), task, timesteps.cpu().numpy())
             step_stats[0] += loss.detach() / cfg.optim.grad_accum
             step_stats[1:] += parts  # a part without frames adds (0, 0)
             ids += batch.sample_ids

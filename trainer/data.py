@@ -119,20 +119,21 @@ def decode_clip(row: dict[str, Any], k: int, resolution: int) -> np.ndarray:
     return np.stack(frames)
 
 
-def collate(clips: list[tuple[int, dict[str, Any], np.ndarray]]) -> Batch:
-    """Pad every (row id, row, clip) to NUM_FRAMES frames and stack into (b, 3, f, h, w) in [-1, 1]."""
-    size = clips[0][2].shape[1]
+def collate(clips: list[tuple[dict[str, Any], np.ndarray]], row_ids: list[int] | None = None) -> Batch:
+    """Pad every (row, clip) to NUM_FRAMES frames and stack into (b, 3, f, h, w) in [-1, 1]; `row_ids` are the rows'
+    ids in the rank's share (-1 for clips read outside a share, e.g. held-out clips)."""
+    size = clips[0][1].shape[1]
     frames = torch.zeros(len(clips), 3, NUM_FRAMES, size, size)
-    for i, (_, _, pixels) in enumerate(clips):
+    for i, (_, pixels) in enumerate(clips):
         clip = torch.from_numpy(pixels).permute(3, 0, 1, 2).float() / 127.5 - 1.0  # (3, k, h, w)
         frames[i, :, : clip.shape[1]] = clip
     return Batch(
         frames=frames,
-        num_valid=torch.tensor([c[2].shape[0] for c in clips], dtype=torch.long),
-        captions=[row["caption"] or "" for _, row, _ in clips],
-        sample_ids=[row["sample_id"] for _, row, _ in clips],
-        rows=np.array([row_id for row_id, _, _ in clips], dtype=np.int64),
-        static_difficulty=np.array([row["static_difficulty"] for _, row, _ in clips], dtype=np.float32),
+        num_valid=torch.tensor([c[1].shape[0] for c in clips], dtype=torch.long),
+        captions=[row["caption"] or "" for row, _ in clips],
+        sample_ids=[row["sample_id"] for row, _ in clips],
+        rows=np.array([-1] * len(clips) if row_ids is None else row_ids, dtype=np.int64),
+        static_difficulty=np.array([row["static_difficulty"] for row, _ in clips], dtype=np.float32),
     )
 
 
@@ -232,7 +233,7 @@ class ClipLoader:
         picked = [self.buffer[i] for i in chosen]
         for i in sorted(chosen, reverse=True):
             del self.buffer[i]
-        return collate([(p.row_id, *p.clip.result()) for p in picked])
+        return collate([p.clip.result() for p in picked], [p.row_id for p in picked])
 
     def state_dict(self) -> dict[str, Any]:
         """Where the walk is (the pacer's state: one bit per row), the rows waiting in the buffer, the draw count."""

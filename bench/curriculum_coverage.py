@@ -135,7 +135,7 @@ def simulate(job: tuple[str, int, int, int, float, int, int]) -> dict[str, Any]:
         "after_one": after_one,
         "after_all": trained,
         "first_epoch": first_epoch,
-        "memory_bytes": array_bytes(curriculum.samples, pacer) + 4 * share,  # + the epoch order the pacer caches
+        "memory_bytes": array_bytes(curriculum.samples, pacer),  # the pacer's cached epoch order included
         "checkpoint_bytes": len(pickle.dumps({"curriculum": curriculum.state_dict(), "data": loader_state})),
         "seconds": time.perf_counter() - started,
     }

@@ -221,10 +221,10 @@ class SampleScorer:
     """Sample level for this rank's share: how hard each row is now, and the admission weight the pacing gives it.
 
     Rows are compact ids 0..n-1 (the loader's index of the row in this rank's files), never sample-id strings; every
-    per-row number lives in a numpy array of the share's size, bound once by `bind`. Memory: 16 bytes per row (static
-    difficulty, decayed z sum and weight as float32, the step they refer to as int32), 1 MB for a 62.5K-row share
-    (1M rows on 16 ranks); a checkpoint holds the 12 bytes per row learned from the loss. No rank holds another
-    rank's rows: the ranks exchange only the running loss distributions and the per-difficulty-bin scores.
+    per-row number lives in a numpy array of the share's size, bound once by `bind`. Memory: 17 bytes per row (static
+    difficulty, decayed z sum and weight as float32, the step they refer to as int32, the bin as uint8), about 1 MB
+    for a 62.5K-row share (1M rows on 16 ranks); a checkpoint holds the 12 bytes per row learned from the loss. No
+    rank holds another rank's rows: the ranks exchange only the running loss distributions and the bin scores.
 
     The adaptive score a_i = (S_i*g + prior*A_b) / (W_i*g + prior) shrinks a row's own evidence towards the mean z of
     its static-difficulty bin, A_b: what the loss says about rows like it. So a row never trained yet (about every row
@@ -235,7 +235,7 @@ class SampleScorer:
         self.config = config
         self._decay_per_step = 0.5 ** (1.0 / config.score_half_life)
         self._static = np.zeros(0, dtype=np.float32)
-        self._bins = np.zeros(0, dtype=np.int64)  # static-difficulty bin of each row (derived, not saved)
+        self._bins = np.zeros(0, dtype=np.uint8)  # static-difficulty bin of each row (derived, not saved)
         self._share_histogram = np.zeros(DIFFICULTY_BINS)  # static difficulty of the whole share: the pacing quantile
         # Per row: decayed sums of z (S_i) and of weights (W_i), and the step they refer to.
         self._sum = np.zeros(0, dtype=np.float32)
@@ -258,7 +258,7 @@ class SampleScorer:
         if static.ndim != 1 or not len(static):
             raise ValueError(f"a rank's share needs at least one row, got static difficulties of shape {static.shape}")
         self._static = static
-        self._bins = np.minimum((static * SCORE_BINS).astype(np.int64), SCORE_BINS - 1)
+        self._bins = np.minimum((static * SCORE_BINS).astype(np.uint8), SCORE_BINS - 1)
         self._share_histogram = np.bincount(_difficulty_bins(static), minlength=DIFFICULTY_BINS).astype(np.float64)
         self._sum = np.zeros(len(static), dtype=np.float32)
         self._weight = np.zeros(len(static), dtype=np.float32)

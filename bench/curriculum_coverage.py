@@ -125,7 +125,7 @@ def simulate(job: tuple[str, int, int, int, float, int, int]) -> dict[str, Any]:
         trained[row] += 1
         if step < share:
             first_epoch[step] = row
-        if step == share - 1:
+        if step == min(share, steps) - 1:  # one epoch (or the whole run when it is shorter, e.g. to measure memory)
             after_one = trained.copy()
     loader_state = {"pacer": pacer.state_dict(), "buffer": [((e, 0), r) for e, r in buffer], "draws": steps}
     return {
@@ -134,7 +134,7 @@ def simulate(job: tuple[str, int, int, int, float, int, int]) -> dict[str, Any]:
         "rows": rows,
         "after_one": after_one,
         "after_all": trained,
-        "first_epoch": first_epoch,
+        "first_epoch": first_epoch[: min(share, steps)],
         "memory_bytes": array_bytes(curriculum.samples, pacer),  # the pacer's cached epoch order included
         "checkpoint_bytes": len(pickle.dumps({"curriculum": curriculum.state_dict(), "data": loader_state})),
         "seconds": time.perf_counter() - started,

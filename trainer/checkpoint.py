@@ -1,7 +1,8 @@
 """A run's checkpoints: DeepSpeed's own (weights, optimizer, lr schedule), each rank's trainer state (step, data
 position, curriculum, random states), and the weights as a diffusers folder that `rdtf sample` loads.
 
-    RUN_DIR/checkpoints/latest              DeepSpeed's pointer, written last: a kill mid-save keeps the previous one
+    RUN_DIR/checkpoints/latest              DeepSpeed's pointer, written last: a kill mid-save keeps the previous one;
+                                            rank 0 reads it and tells the other ranks (`resume_tag`)
     RUN_DIR/checkpoints/step-00000500/      DeepSpeed's files, plus
         trainer_state-rank{r}.pt            every rank's own state (exact resume needs the same number of ranks)
         model/                              `save_pretrained` of the weights (rank 0)
@@ -15,6 +16,8 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import socket
+import uuid
 from contextlib import nullcontext
 from typing import Any
 
@@ -27,6 +30,7 @@ from schemas.config import ConfigError
 CONFIG_FILE = "config.json"  # RUN_DIR/config.json: the resolved config of the run
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
+RUN_TOKEN = ".rank0-token"  # RUN_DIR/.rank0-token: rewritten at every start to check that all ranks see RUN_DIR
 MODEL_DIR = "model"
 EMA_DIR = "ema"
 
@@ -74,18 +78,39 @@ def save(
     return folder
 
 
+def resume_tag(run_dir: str) -> str | None:
+    """The checkpoint every rank resumes from: the one rank 0 finds, broadcast, so that a node with a stale or
+    missing view of `latest` cannot start from another step than the others. A collective: every rank calls it."""
+    found = [latest_tag(run_dir) if dist.get_rank() == 0 else None]
+    dist.broadcast_object_list(found, src=0)
+    return found[0]
+
+
+def _agree(problem: str | None) -> None:
+    """Raise the same ConfigError on every rank when any rank has a problem (a rank raising alone would leave the
+    others waiting in the next collective). A collective."""
+    problems: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(problems, problem)
+    found = [f"rank {rank}: {text}" for rank, text in enumerate(problems) if text]
+    if found:
+        raise ConfigError("; ".join(found))
+
+
 def load(engine: deepspeed.DeepSpeedEngine, run_dir: str) -> dict[str, Any] | None:
-    """Restore the last checkpoint into `engine` and return this rank's trainer state (None: start from scratch)."""
-    found = latest_tag(run_dir)
+    """Restore the checkpoint rank 0 chose into `engine` and return this rank's trainer state (None: from scratch).
+    Every rank checks its own files first, and all of them stop together when one cannot resume."""
+    found = resume_tag(run_dir)
     if found is None:
         return None
     folder = os.path.join(run_dir, CHECKPOINTS, found)
     state_file = _state_file(folder, dist.get_rank())
+    problem = None
     if not os.path.isfile(state_file):
-        raise ConfigError(
-            f"{folder} has no state for rank {dist.get_rank()}: it was saved by fewer processes than the "
-            f"{dist.get_world_size()} now running. Resume with the same number of processes."
+        problem = (
+            f"{folder} has no state for rank {dist.get_rank()} on {socket.gethostname()}: the checkpoint was saved by "
+            f"fewer processes than the {dist.get_world_size()} now running, or this node does not see it"
         )
+    _agree(problem)
     state = torch.load(state_file, weights_only=False)
     if state["world_size"] != dist.get_world_size():
         raise ConfigError(
@@ -94,6 +119,32 @@ def load(engine: deepspeed.DeepSpeedEngine, run_dir: str) -> dict[str, Any] | No
         )
     engine.load_checkpoint(os.path.join(run_dir, CHECKPOINTS), tag=found)
     return state
+
+
+def check_shared(run_dir: str) -> None:
+    """Refuse a run folder that not every rank sees (e.g. --out on a node's local disk): rank 0 writes a fresh token
+    into it, and every rank must read that token back. A collective, before anything trains or saves."""
+    rank = dist.get_rank()
+    path = os.path.join(run_dir, RUN_TOKEN)
+    token = [uuid.uuid4().hex if rank == 0 else None]
+    if rank == 0:
+        os.makedirs(run_dir, exist_ok=True)
+        with open(path + ".tmp", "w") as f:
+            f.write(token[0])
+        os.replace(path + ".tmp", path)
+    dist.broadcast_object_list(token, src=0)  # also a barrier: rank 0 wrote the file before anyone reads it
+    try:
+        with open(path) as f:
+            seen = f.read().strip() == token[0]
+    except OSError:
+        seen = False
+    problem = None
+    if not seen:
+        problem = (
+            f"{run_dir} on {socket.gethostname()} is not the folder rank 0 writes: every process must see the same "
+            "run folder (put --out on a file system that every node mounts)"
+        )
+    _agree(problem)
 
 
 def weights_folder(run_dir: str, use_ema: bool = True, step_tag: str | None = None) -> str:

@@ -51,12 +51,10 @@ class DataConfig:
 
     shuffle_buffer: int = 256  # rows held ready (decoded) to draw batches from
     decode_threads: int = 2  # background threads that decode PNG frames ahead of the loop
-    read_batch_rows: int = 16  # rows read from Parquet at a time
 
     def __post_init__(self) -> None:
         require(self.shuffle_buffer >= 1, "data.shuffle_buffer", "must be at least 1")
         require(self.decode_threads >= 1, "data.decode_threads", "must be at least 1")
-        require(self.read_batch_rows >= 1, "data.read_batch_rows", "must be at least 1")
 
 
 @dataclass

@@ -3,21 +3,23 @@ sample is to be drawn. See ../docs/curriculum.md; tested by tests/trainer/test_c
 
 Task level as the paper's released code defines it (a static step schedule plus a PID signal on the training loss),
 with its ranking bug fixed. Sample level as rdtf defines it (the pipeline's static entropy difficulty, moved by an
-adaptive score from each sample's recent loss, admitted easy to difficult by a pacing threshold).
+adaptive score from the loss of the sample and of its peers, paced easy to difficult by a threshold; the loader orders
+each epoch by these weights without dropping a row, trainer/pacing.py).
 
 Symbols (paper notes; docs/curriculum.md). Task level: t = optimizer step, T = `length`, tau = task, s_tau(t) = static
 weight, L_t = training loss, P_t = Kp*L_t + Ki*mean(L over the last <= W steps) + Kd*(L_t - L_(t-1)) with W = `window`,
 r = the fraction of the last <= W PID values above P_t, l = level, a_tau(l) = adaptive weight,
 w_tau = s_tau(t) + a_tau(l), tau ~ Categorical(w / sum w). Sample level: s_i = static difficulty, z = loss normalised
-within its (task, timestep range), a_i = sample i's decayed mean z, d_i = clip(s_i + strength*tanh(a_i), 0, 1),
+within its (task, timestep range), A_b = the decayed mean z of static-difficulty bin b, a_i = sample i's decayed mean z
+shrunk towards A_b, d_i = clip(s_i + strength*tanh(a_i), 0, 1),
 p(t) = pacing fraction, lambda(t) = the p(t)-quantile of static difficulty.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections import deque
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -50,7 +52,7 @@ NUM_LEVELS = 4
 MIN_HISTORY = 10  # released code: no ranking before 10 PID values; reused as the warm-up of each loss distribution
 DIFFICULTY_BINS = 100  # histogram resolution of difficulty in [0, 1] for quantiles (pacing threshold, logging)
 Z_CLIP = 3.0  # a normalised loss counts at most 3 standard deviations, so one outlier step cannot decide a sample
-KEEP_AFTER_COMPACTION = 0.75  # fraction of `max_tracked` kept when the sample table is compacted
+SCORE_BINS = 20  # static-difficulty bins whose mean z places rows not trained yet (about 3K rows each at 62.5K)
 
 
 @dataclass
@@ -73,8 +75,8 @@ class CurriculumConfig:
     timestep_bins: int = 4  # equal ranges of diffusion timesteps, each with its own running loss distribution
     num_timesteps: int = 1000  # diffusion training timesteps (paper: 1000 steps)
     loss_stats_window: int = 1000  # losses per (task, timestep range) that its running mean and variance remember
-    sync_every: int = 100  # sync() calls between merges of sample scores across ranks
-    max_tracked: int = 2_500_000  # samples with an adaptive score in memory (VSD2M: 2.09M); the stalest are dropped
+    sync_every: int = 100  # sync() calls between merges of loss distributions and bin scores across ranks
+    pacing_passes: int = 4  # passes over each epoch: a row turned away waits for the next; the last takes all left
 
     def __post_init__(self) -> None:
         require(self.mode in ("none", "linear", "adaptive"), "curriculum.mode", "must be none, linear or adaptive")
@@ -93,7 +95,7 @@ class CurriculumConfig:
         require(self.num_timesteps >= self.timestep_bins, "curriculum.num_timesteps", "must be at least timestep_bins")
         require(self.loss_stats_window >= 1, "curriculum.loss_stats_window", "must be at least 1")
         require(self.sync_every >= 1, "curriculum.sync_every", "must be at least 1")
-        require(self.max_tracked >= 1, "curriculum.max_tracked", "must be at least 1")
+        require(self.pacing_passes >= 1, "curriculum.pacing_passes", "must be at least 1")
 
 
 def _distributed() -> bool:
@@ -216,37 +218,60 @@ class TaskSampler:
 
 
 class SampleScorer:
-    """Sample level: weights for the candidate rows of the data loader's shuffle buffer, easy to difficult.
+    """Sample level for this rank's share: how hard each row is now, and the admission weight the pacing gives it.
 
-    Cost per call is O(len(sample_ids)): dictionary look-ups and a fixed 100-bin histogram, whatever the dataset size.
-    Memory: per sample trained on, three numbers and its id (about 190 bytes, 400 MB for VSD2M's 2.09M); it grows with
-    the samples seen, never with frames. Beyond `max_tracked` the stalest scores are dropped, and those samples fall
-    back to their static difficulty, as unseen samples do.
+    Rows are compact ids 0..n-1 (the loader's index of the row in this rank's files), never sample-id strings; every
+    per-row number lives in a numpy array of the share's size, bound once by `bind`. Memory: 17 bytes per row (static
+    difficulty, decayed z sum and weight as float32, the step they refer to as int32, the bin as uint8), about 1 MB
+    for a 62.5K-row share (1M rows on 16 ranks); a checkpoint holds the 12 bytes per row learned from the loss. No
+    rank holds another rank's rows: the ranks exchange only the running loss distributions and the bin scores.
 
-    Each `weights` call gets either the whole current shuffle buffer or rows fresh from the stream: an id that was
-    not in the previous call is new and counts once in the static-difficulty distribution that sets the pacing
-    threshold (a loader passing random subsets of its buffer would count lingering hard rows again and again).
+    The adaptive score a_i = (S_i*g + prior*A_b) / (W_i*g + prior) shrinks a row's own evidence towards the mean z of
+    its static-difficulty bin, A_b: what the loss says about rows like it. So a row never trained yet (about every row
+    in the first epoch) is already placed by the loss of its peers, and its own loss takes over as it accumulates.
     """
 
     def __init__(self, config: CurriculumConfig) -> None:
         self.config = config
         self._decay_per_step = 0.5 ** (1.0 / config.score_half_life)
-        # Per-sample decayed sums of z (S_i), of weights (W_i), and the step they refer to.
-        self._rows: dict[str, int] = {}
-        self._ids: list[str] = []
-        self._sum = np.zeros(1024)
-        self._weight = np.zeros(1024)
-        self._updated = np.zeros(1024, dtype=np.int64)
-        # Observations since the last sync, as the same (S, W, step) triples, to send to the other ranks.
-        self._pending: dict[str, tuple[float, float, int]] = {}
+        self._static = np.zeros(0, dtype=np.float32)
+        self._bins = np.zeros(0, dtype=np.uint8)  # static-difficulty bin of each row (derived, not saved)
+        self._share_histogram = np.zeros(DIFFICULTY_BINS)  # static difficulty of the whole share: the pacing quantile
+        # Per row: decayed sums of z (S_i) and of weights (W_i), and the step they refer to.
+        self._sum = np.zeros(0, dtype=np.float32)
+        self._weight = np.zeros(0, dtype=np.float32)
+        self._updated = np.zeros(0, dtype=np.int32)
+        # Per static-difficulty bin: decayed sums of z and of weights at step `_bin_step`, and what this rank added
+        # since the last sync (to send to the other ranks) at `_pending_step`.
+        self._bin_sum, self._bin_weight, self._bin_step = np.zeros(SCORE_BINS), np.zeros(SCORE_BINS), 0
+        self._pending_sum, self._pending_weight, self._pending_step = np.zeros(SCORE_BINS), np.zeros(SCORE_BINS), 0
         # Running loss distribution per (task, timestep range): mean, variance, count.
         shape = (len(TASKS), config.timestep_bins)
         self._loss_mean = np.zeros(shape)
         self._loss_var = np.zeros(shape)
         self._loss_count = np.zeros(shape, dtype=np.int64)
-        self._static_histogram = np.zeros(DIFFICULTY_BINS)  # static difficulty of every row that entered the buffer
-        self._drawn_histogram = np.zeros(DIFFICULTY_BINS)  # difficulty of draws, expected under the weights, decayed
-        self._buffer: set[str] = set()
+        self._drawn_histogram = np.zeros(DIFFICULTY_BINS)  # difficulty of the rows trained, decayed (for logging)
+
+    def bind(self, static_difficulty: np.ndarray) -> None:
+        """The share's static difficulties, by row id; clears every score (call before `load_state_dict`)."""
+        static = np.clip(np.asarray(static_difficulty, dtype=np.float32), 0.0, 1.0)
+        if static.ndim != 1 or not len(static):
+            raise ValueError(f"a rank's share needs at least one row, got static difficulties of shape {static.shape}")
+        self._static = static
+        self._bins = np.minimum((static * SCORE_BINS).astype(np.uint8), SCORE_BINS - 1)
+        self._share_histogram = np.bincount(_difficulty_bins(static), minlength=DIFFICULTY_BINS).astype(np.float64)
+        self._sum = np.zeros(len(static), dtype=np.float32)
+        self._weight = np.zeros(len(static), dtype=np.float32)
+        self._updated = np.zeros(len(static), dtype=np.int32)
+
+    @property
+    def num_rows(self) -> int:
+        return len(self._static)
+
+    def _rows(self, rows: np.ndarray) -> np.ndarray:
+        if not self.num_rows:
+            raise RuntimeError("the curriculum has no rows yet: call bind(static_difficulty) with this rank's share")
+        return np.asarray(rows, dtype=np.int64).reshape(-1)
 
     # Pacing and difficulty.
     def pacing_fraction(self, step: int) -> float:
@@ -257,145 +282,131 @@ class SampleScorer:
         return min(1.0, c.pacing_start + (1.0 - c.pacing_start) * step / (c.pacing_end * c.length))
 
     def pacing_threshold(self, step: int) -> float:
-        """lambda(t): the p(t)-quantile of static difficulty over the rows seen so far; inf once all are admitted."""
+        """lambda(t): the p(t)-quantile of the share's static difficulty; inf once all are admitted."""
         fraction = self.pacing_fraction(step)
-        if fraction >= 1.0 or not self._static_histogram.any():
+        if fraction >= 1.0 or not self._share_histogram.any():
             return math.inf
-        return _histogram_quantile(self._static_histogram, fraction)
+        return _histogram_quantile(self._share_histogram, fraction)
 
-    def adaptive_scores(self, sample_ids: Sequence[str], step: int) -> np.ndarray:
-        """a_i = S_i*g / (W_i*g + prior), g the decay since the last update; 0 for samples never scored."""
-        rows = np.fromiter((self._rows.get(i, -1) for i in sample_ids), dtype=np.int64, count=len(sample_ids))
-        scores = np.zeros(len(sample_ids))
-        known = rows >= 0
-        if known.any():
-            rows = rows[known]
-            decay = self._decay_per_step ** np.maximum(step - self._updated[rows], 0)
-            scores[known] = self._sum[rows] * decay / (self._weight[rows] * decay + self.config.score_prior)
-        return scores
+    def bin_scores(self, step: int) -> np.ndarray:
+        """A_b per static-difficulty bin: the decayed mean z of the bin's losses, shrunk towards 0 by the prior."""
+        decay = self._decay_per_step ** max(step - self._bin_step, 0)
+        return self._bin_sum * decay / (self._bin_weight * decay + self.config.score_prior)
 
-    def difficulty(self, sample_ids: Sequence[str], static_difficulty: np.ndarray, step: int) -> np.ndarray:
+    def adaptive_scores(self, rows: np.ndarray, step: int) -> np.ndarray:
+        """a_i = (S_i*g + prior*A_b) / (W_i*g + prior), g the decay since row i's last update."""
+        rows = self._rows(rows)
+        decay = self._decay_per_step ** np.maximum(step - self._updated[rows].astype(np.int64), 0)
+        prior = self.config.score_prior
+        own_sum, own_weight = self._sum[rows] * decay, self._weight[rows] * decay
+        return (own_sum + prior * self.bin_scores(step)[self._bins[rows]]) / (own_weight + prior)
+
+    def difficulty(self, rows: np.ndarray, step: int) -> np.ndarray:
         """d_i: the static difficulty, moved by the adaptive score in `adaptive` mode."""
-        static = np.clip(np.asarray(static_difficulty, dtype=np.float64), 0.0, 1.0)
+        static = self._static[self._rows(rows)].astype(np.float64)
         if self.config.mode != "adaptive":
             return static
-        shift = self.config.adaptive_strength * np.tanh(self.adaptive_scores(sample_ids, step))
+        shift = self.config.adaptive_strength * np.tanh(self.adaptive_scores(rows, step))
         return np.clip(static + shift, 0.0, 1.0)
 
-    def weights(self, sample_ids: Sequence[str], static_difficulty: np.ndarray, step: int) -> np.ndarray:
-        """Draw weights for the buffer's candidates.
+    def weights(self, rows: np.ndarray, step: int) -> np.ndarray:
+        """Admission probabilities: 1 up to lambda(t), exp(-(d_i - lambda(t)) / softness) above it.
 
-        1. Count the rows new to the buffer in the static-difficulty histogram.  2. d_i for every candidate.
-        3. Weight 1 up to lambda(t), exp(-(d_i - lambda(t)) / softness) above it: never 0, so a buffer full of hard
-        rows still drains, easiest first; and at most 1, so a loader may also use it as the probability of accepting
-        a row from the stream.  4. Record the expected difficulty of the draws, for logging.
+        Never 0 (a hard row is only deferred: the loader's last pass of an epoch takes it anyway) and at most 1.
+        O(len(rows)), no side effects: a loader may weigh rows it then leaves undecided.
         """
-        if len(sample_ids) != len(static_difficulty):
-            raise ValueError(f"{len(sample_ids)} sample ids but {len(static_difficulty)} static difficulties")
-        if not len(sample_ids):
-            return np.zeros(0)
-        static = np.clip(np.asarray(static_difficulty, dtype=np.float64), 0.0, 1.0)
-        new = np.fromiter((i not in self._buffer for i in sample_ids), dtype=bool, count=len(sample_ids))
-        self._static_histogram += np.bincount(_difficulty_bins(static[new]), minlength=DIFFICULTY_BINS)
-        self._buffer = set(sample_ids)
-        difficulty = self.difficulty(sample_ids, static, step)
+        difficulty = self.difficulty(rows, step)
         threshold = self.pacing_threshold(step)
         if math.isinf(threshold):
-            weights = np.ones(len(sample_ids))
-        else:
-            weights = np.exp(-np.maximum(difficulty - threshold, 0.0) / self.config.pacing_softness)
-        self._drawn_histogram *= 1.0 - 1.0 / self.config.window
-        self._drawn_histogram += np.bincount(
-            _difficulty_bins(difficulty), weights=weights / weights.sum(), minlength=DIFFICULTY_BINS
-        )
-        return weights
+            return np.ones(len(difficulty))
+        return np.exp(-np.maximum(difficulty - threshold, 0.0) / self.config.pacing_softness)
 
     # Adaptive scores from the loss.
-    def observe(
-        self, sample_ids: Sequence[str], losses: np.ndarray, task: str, timesteps: np.ndarray, step: int
-    ) -> None:
-        """Rescore samples from their loss at optimizer step `step`; a no-op outside `adaptive` mode.
+    def observe(self, rows: np.ndarray, losses: np.ndarray, task: str, timesteps: np.ndarray, step: int) -> None:
+        """Rescore rows from their loss (on the frames the task generated) at optimizer step `step`.
 
         1. Group each loss by (task, timestep range).  2. z = (loss - mean) / std of that group's running
-        distribution, clipped to +-Z_CLIP, once the group holds MIN_HISTORY losses.  3. Add z to the sample's
-        decayed sums (S_i, W_i).  4. Update the group's running mean and variance (exact until `loss_stats_window`
-        losses, then exponential).
+        distribution, clipped to +-Z_CLIP, once the group holds MIN_HISTORY losses.  3. Add z to the row's decayed
+        sums (S_i, W_i) and to its static-difficulty bin's.  4. Update the group's running mean and variance (exact
+        until `loss_stats_window` losses, then exponential). Outside `adaptive` mode only the log histogram moves.
         """
+        rows = self._rows(rows)
+        difficulty = self.difficulty(rows, step)
+        self._drawn_histogram *= (1.0 - 1.0 / self.config.window) ** len(rows)
+        self._drawn_histogram += np.bincount(_difficulty_bins(difficulty), minlength=DIFFICULTY_BINS)
         if self.config.mode != "adaptive":
             return
         if task not in TASKS:
             raise ValueError(f"unknown task {task!r}; tasks are {', '.join(TASKS)}")
         losses = np.asarray(losses, dtype=np.float64).reshape(-1)
         timesteps = np.asarray(timesteps).reshape(-1)
-        if not len(sample_ids) == len(losses) == len(timesteps):
-            raise ValueError(f"{len(sample_ids)} ids, {len(losses)} losses, {len(timesteps)} timesteps")
+        if not len(rows) == len(losses) == len(timesteps):
+            raise ValueError(f"{len(rows)} rows, {len(losses)} losses, {len(timesteps)} timesteps")
         c = self.config
-        bins = np.clip(timesteps.astype(np.int64) * c.timestep_bins // c.num_timesteps, 0, c.timestep_bins - 1)
-        share = _distributed()
+        time_bins = np.clip(timesteps.astype(np.int64) * c.timestep_bins // c.num_timesteps, 0, c.timestep_bins - 1)
         task_index = TASKS.index(task)
-        for sample_id, loss, time_bin in zip(sample_ids, losses, bins, strict=True):
+        for row, loss, time_bin in zip(rows, losses, time_bins, strict=True):
             if not math.isfinite(loss):
-                continue
+                continue  # e.g. a clip with no frame to generate
             group = (task_index, int(time_bin))
             mean, count = self._loss_mean[group], int(self._loss_count[group])
             if count >= MIN_HISTORY:
                 z = float(np.clip((loss - mean) / (math.sqrt(self._loss_var[group]) + 1e-8), -Z_CLIP, Z_CLIP))
-                self._add(sample_id, (z, 1.0, step))
-                if share:
-                    self._pending[sample_id] = self._merge(self._pending.get(sample_id), (z, 1.0, step))
+                self._add_row(int(row), z, step)
+                self._add_bin(int(self._bins[row]), z, step)
             alpha = max(1.0 / (count + 1), 1.0 / c.loss_stats_window)
             delta = loss - mean
             self._loss_mean[group] = mean + alpha * delta
             self._loss_var[group] = (1.0 - alpha) * (self._loss_var[group] + alpha * delta**2)
             self._loss_count[group] = count + 1
 
-    def _merge(self, a: tuple[float, float, int] | None, b: tuple[float, float, int]) -> tuple[float, float, int]:
-        """Sum two decayed (S, W, step) triples at the later step: exact, so merges commute across ranks."""
-        if a is None:
-            return b
-        step = max(a[2], b[2])
-        fa, fb = self._decay_per_step ** (step - a[2]), self._decay_per_step ** (step - b[2])
-        return a[0] * fa + b[0] * fb, a[1] * fa + b[1] * fb, step
+    def _add_row(self, row: int, z: float, step: int) -> None:
+        decay = self._decay_per_step ** max(step - int(self._updated[row]), 0)
+        self._sum[row] = self._sum[row] * decay + z
+        self._weight[row] = self._weight[row] * decay + 1.0
+        self._updated[row] = max(step, int(self._updated[row]))
 
-    def _add(self, sample_id: str, triple: tuple[float, float, int]) -> None:
-        row = self._rows.get(sample_id)
-        if row is None:
-            row = len(self._ids)
-            if row == len(self._sum):
-                self._sum, self._weight, self._updated = (
-                    np.concatenate([a, np.zeros_like(a)]) for a in (self._sum, self._weight, self._updated)
-                )
-            self._rows[sample_id] = row
-            self._ids.append(sample_id)
-            self._sum[row], self._weight[row], self._updated[row] = triple
-        else:
-            old = (float(self._sum[row]), float(self._weight[row]), int(self._updated[row]))
-            self._sum[row], self._weight[row], self._updated[row] = self._merge(old, triple)
-        if len(self._ids) > self.config.max_tracked:
-            self._compact()
-
-    def _compact(self) -> None:
-        """Keep the most recently updated scores. O(n log n), but only once per max_tracked/4 new samples."""
-        size = len(self._ids)
-        keep = int(KEEP_AFTER_COMPACTION * self.config.max_tracked)
-        rows = np.sort(np.argsort(self._updated[:size], kind="stable")[size - keep :])
-        self._ids = [self._ids[r] for r in rows]
-        self._rows = {sample_id: row for row, sample_id in enumerate(self._ids)}
-        self._sum, self._weight, self._updated = (a[rows].copy() for a in (self._sum, self._weight, self._updated))
+    def _add_bin(self, bin_index: int, z: float, step: int) -> None:
+        """Add z to the bin's sums and to the pending ones; both are brought to the later step first."""
+        for sums, weights, attribute in (
+            (self._bin_sum, self._bin_weight, "_bin_step"),
+            (self._pending_sum, self._pending_weight, "_pending_step"),
+        ):
+            reference = getattr(self, attribute)
+            if step > reference:
+                factor = self._decay_per_step ** (step - reference)
+                sums *= factor
+                weights *= factor
+                setattr(self, attribute, step)
+            factor = self._decay_per_step ** max(getattr(self, attribute) - step, 0)
+            sums[bin_index] += z * factor
+            weights[bin_index] += factor
 
     # Ranks, logging, checkpoints.
     def sync_payload(self) -> dict[str, Any]:
         remembered = np.minimum(self._loss_count, self.config.loss_stats_window)
-        return {"pending": self._pending, "loss_stats": (self._loss_mean, self._loss_var, remembered)}
+        return {
+            "bins": (self._pending_sum, self._pending_weight, self._pending_step),
+            "loss_stats": (self._loss_mean, self._loss_var, remembered),
+        }
 
     def merge(self, payloads: list[dict[str, Any]], own: int) -> None:
-        """Add the other ranks' observations since the last sync, and pool the running loss distributions (each rank
-        weighted by the losses it remembers) so that every rank normalises losses alike."""
+        """Add the other ranks' bin evidence since the last sync, and pool the running loss distributions (each rank
+        weighted by the losses it remembers) so that every rank normalises losses alike. Fixed size: 2 x 20 bins
+        and 2 x 6 x `timestep_bins` numbers per rank, whatever the dataset."""
         for rank, payload in enumerate(payloads):
-            if rank != own:
-                for sample_id, triple in payload["pending"].items():
-                    self._add(sample_id, triple)
-        self._pending = {}
+            sums, weights, step = payload["bins"]
+            if rank == own or not weights.any():
+                continue
+            if step > self._bin_step:
+                factor = self._decay_per_step ** (step - self._bin_step)
+                self._bin_sum *= factor
+                self._bin_weight *= factor
+                self._bin_step = step
+            factor = self._decay_per_step ** (self._bin_step - step)
+            self._bin_sum += sums * factor
+            self._bin_weight += weights * factor
+        self._pending_sum, self._pending_weight = np.zeros(SCORE_BINS), np.zeros(SCORE_BINS)
         means, variances, counts = (np.stack(parts) for parts in zip(*(p["loss_stats"] for p in payloads), strict=True))
         total = counts.sum(axis=0)
         seen = total > 0
@@ -408,7 +419,7 @@ class SampleScorer:
         values = {
             "curriculum/pacing_fraction": self.pacing_fraction(step),
             "curriculum/pacing_threshold": min(self.pacing_threshold(step), 1.0),
-            "curriculum/tracked_samples": float(len(self._ids)),
+            "curriculum/tracked_samples": float(np.count_nonzero(self._weight)),
         }
         if self._drawn_histogram.any():
             for q in (0.1, 0.5, 0.9):
@@ -420,45 +431,53 @@ class SampleScorer:
         return values
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything but the pending observations: a restored rank must not send them a second time."""
-        size = len(self._ids)
+        """The share's learned scores (12 bytes per row) and fixed-size statistics. Not the static difficulties
+        (re-read from the data and bound again), only their count and a digest, to refuse another share. Not the
+        pending bin evidence: a restored rank must not send it a second time."""
         return {
-            "ids": list(self._ids),
-            "sum": self._sum[:size].copy(),
-            "weight": self._weight[:size].copy(),
-            "updated": self._updated[:size].copy(),
+            "num_rows": self.num_rows,
+            "static_digest": _digest(self._static),
+            "sum": self._sum.copy(),
+            "weight": self._weight.copy(),
+            "updated": self._updated.copy(),
+            "bin_sum": self._bin_sum.copy(),
+            "bin_weight": self._bin_weight.copy(),
+            "bin_step": self._bin_step,
             "loss_mean": self._loss_mean.copy(),
             "loss_var": self._loss_var.copy(),
             "loss_count": self._loss_count.copy(),
-            "static_histogram": self._static_histogram.copy(),
             "drawn_histogram": self._drawn_histogram.copy(),
-            "buffer": sorted(self._buffer),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._ids = list(state["ids"])
-        self._rows = {sample_id: row for row, sample_id in enumerate(self._ids)}
-        capacity = max(1024, len(self._ids))
-        self._sum, self._weight = np.zeros(capacity), np.zeros(capacity)
-        self._updated = np.zeros(capacity, dtype=np.int64)
-        size = len(self._ids)
-        self._sum[:size], self._weight[:size], self._updated[:size] = state["sum"], state["weight"], state["updated"]
+        if state["num_rows"] != self.num_rows or state["static_digest"] != _digest(self._static):
+            raise ValueError(
+                f"the checkpoint's sample scores are for another share of the data ({state['num_rows']} rows on this "
+                f"rank, now {self.num_rows}, or other static difficulties): resume on the same dataset with the same "
+                "number of processes"
+            )
+        self._sum, self._weight = state["sum"].copy(), state["weight"].copy()
+        self._updated = state["updated"].copy()
+        self._bin_sum, self._bin_weight = state["bin_sum"].copy(), state["bin_weight"].copy()
+        self._bin_step = state["bin_step"]
+        self._pending_sum, self._pending_weight, self._pending_step = np.zeros(SCORE_BINS), np.zeros(SCORE_BINS), 0
         self._loss_mean, self._loss_var = state["loss_mean"].copy(), state["loss_var"].copy()
         self._loss_count = state["loss_count"].copy()
-        self._static_histogram = state["static_histogram"].copy()
         self._drawn_histogram = state["drawn_histogram"].copy()
-        self._buffer = set(state["buffer"])
-        self._pending = {}
+
+
+def _digest(values: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(values).tobytes()).hexdigest()[:16]
 
 
 class Curriculum:
     """The trainer's one curriculum object: a TaskSampler and a SampleScorer, their state in every checkpoint.
 
-    Per optimizer step, on every rank: `task_for_step(step)` once; train, with `observe_sample_losses(...)` for
-    each micro-batch; `observe_task_loss(task, loss averaged over ranks)`; `sync()`; on rank 0, log
-    `scalars(step)` with the step given to `task_for_step`. Each rank saves its own `state_dict()`; where only rank
-    0's is saved, call `sync(force=True)` on every rank first. The data loader calls `sample_weights` (main thread)
-    with its whole shuffle buffer whenever it draws.
+    Once: `bind(static_difficulty)` with this rank's share (row id -> static difficulty), then `load_state_dict` on
+    resume. Per optimizer step, on every rank: `task_for_step(step)` once; train, with `observe_sample_losses(...)`
+    for each micro-batch; `observe_task_loss(task, loss averaged over ranks)`; `sync()`; on rank 0, log
+    `scalars(step)` with the step given to `task_for_step`. Each rank saves its own `state_dict()`. The data loader
+    calls `sample_weights` (main thread) for the rows it is about to admit or defer (trainer/pacing.py).
     """
 
     def __init__(self, config: CurriculumConfig, seed: int) -> None:
@@ -470,6 +489,10 @@ class Curriculum:
         self._step = 0  # the latest step seen: the reference step for sample losses, which come without one
         self._sync_calls = 0
         self._drawn: tuple[int, str, dict[str, float]] | None = None  # the latest draw, so logging shows it exactly
+
+    def bind(self, static_difficulty: np.ndarray) -> None:
+        """This rank's share: the static difficulty of each row id 0..n-1."""
+        self.samples.bind(static_difficulty)
 
     # Task level.
     def task_weights(self, step: int) -> dict[str, float]:
@@ -489,23 +512,22 @@ class Curriculum:
         self.tasks.observe(task, float(loss))
 
     # Sample level.
-    def sample_weights(self, sample_ids: Sequence[str], static_difficulty: np.ndarray, step: int) -> np.ndarray:
-        """Weights >= 0, not all 0, for the shuffle buffer's rows (pass the whole buffer); O(len(sample_ids))."""
+    def sample_weights(self, rows: np.ndarray, step: int) -> np.ndarray:
+        """Admission probabilities in (0, 1] for these row ids at `step`; O(len(rows)), no side effects."""
         self._step = max(self._step, step)
-        return self.samples.weights(sample_ids, static_difficulty, step)
+        return self.samples.weights(rows, step)
 
-    def observe_sample_losses(
-        self, sample_ids: Sequence[str], losses: np.ndarray, task: str, timesteps: np.ndarray
-    ) -> None:
-        """Per-sample losses of this rank's micro-batch, with its task and each sample's diffusion timestep."""
-        self.samples.observe(sample_ids, losses, task, timesteps, self._step)
+    def observe_sample_losses(self, rows: np.ndarray, losses: np.ndarray, task: str, timesteps: np.ndarray) -> None:
+        """Per-row losses of this rank's micro-batch on the frames the task generated (not the given ones, whose
+        loss measures the mask draw more than the sample), with its task and each row's diffusion timestep."""
+        self.samples.observe(rows, losses, task, timesteps, self._step)
 
     def sync(self, force: bool = False) -> None:
-        """Every `sync_every` calls (or now, with `force`, e.g. before a checkpoint): merge sample scores across ranks.
+        """Every `sync_every` calls (or now, with `force`): pool loss distributions and bin scores across ranks.
 
-        A collective (`all_gather_object`): every rank must call it equally often. It also checks that the ranks hold
-        the same task state, which fails when the trainer feeds a rank's own loss instead of the rank average.
-        No-op on one process and outside `adaptive` mode.
+        A collective (`all_gather_object`) of a fixed, small size: every rank must call it equally often. It also
+        checks that the ranks hold the same task state, which fails when the trainer feeds a rank's own loss
+        instead of the rank average. No-op on one process and outside `adaptive` mode.
         """
         self._sync_calls += 1
         if self.config.mode != "adaptive" or not _distributed():
@@ -537,7 +559,7 @@ class Curriculum:
     def state_dict(self) -> dict[str, Any]:
         """Plain Python and numpy, picklable (`torch.load(..., weights_only=False)` reads it back)."""
         return {
-            "version": 1,
+            "version": 2,
             "mode": self.config.mode,
             "step": self._step,
             "sync_calls": self._sync_calls,
@@ -546,8 +568,9 @@ class Curriculum:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("version") != 1:
-            raise ValueError(f"unknown curriculum state version {state.get('version')!r}; this code reads version 1")
+        """Restore a state; `bind` the same share first."""
+        if state.get("version") != 2:
+            raise ValueError(f"unknown curriculum state version {state.get('version')!r}; this code reads version 2")
         self._step, self._sync_calls = state["step"], state["sync_calls"]
         self.tasks.load_state_dict(state["tasks"])
         self.samples.load_state_dict(state["samples"])

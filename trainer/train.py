@@ -12,6 +12,7 @@ noise schedule and curriculum, 4. the run folder and config (so a wrong --data o
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import logging
@@ -138,24 +139,71 @@ def step_generator(*keys: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def prepare_run(run_dir: str, cfg: TrainConfig, data: str, rank: int) -> dict[str, Any]:
-    """Write RUN_DIR/config.json, or check that a resumed run keeps the model it was trained with."""
-    resolved = {"config": to_dict(cfg), "data": data}
+# Keys a resumed run may change: how long it runs (and so its schedule's length), how often it logs and saves, how
+# fast it decodes, whether it keeps an EMA. Every other key changes what the run computes (the model, text tower,
+# latent space, noise schedule, optimizer, data order, curriculum), so a resume with another value is refused.
+MAY_CHANGE_AT_RESUME = frozenset(
+    {
+        "run.max_steps",
+        "run.log_every",
+        "run.checkpoint_every",
+        "run.keep_checkpoints",
+        "run.sample_every",
+        "data.decode_threads",
+        "engine.gradient_checkpointing",
+        "optim.ema_decay",
+        "curriculum.length",
+    }
+)
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict) and value:
+        return {k: v for key, item in value.items() for k, v in _flatten(item, f"{prefix}{key}.").items()}
+    return {prefix.rstrip("."): value}
+
+
+def dataset_identity(reader: Any) -> str:
+    """What names the dataset's content, wherever it lies: its data files' names and sizes (one listing, no reads)."""
+    infos = reader.layout.fs.get_file_info(list(reader.sample_files))
+    listing = "\n".join(f"{os.path.basename(i.path)} {i.size}" for i in infos)
+    return hashlib.sha256(listing.encode()).hexdigest()[:16]
+
+
+def prepare_run(run_dir: str, cfg: TrainConfig, data: str, dataset: str, rank: int) -> dict[str, Any]:
+    """Check that a resumed run keeps what changes its results, and that every rank sees the run folder; then write
+    RUN_DIR/config.json. All ranks stop together on a problem, before anything trains; a refused config writes
+    nothing. A collective."""
+    resolved = {"config": to_dict(cfg), "dataset": dataset, "data": data}
     path = os.path.join(run_dir, checkpoint.CONFIG_FILE)
-    if os.path.isfile(path):
+    problem = [None]
+    if rank == 0 and os.path.isfile(path):
         with open(path) as f:
-            saved = json.load(f)
-        if saved["config"]["model"] != resolved["config"]["model"]:
-            raise ConfigError(
-                f"{run_dir} holds a run of a different model (config key 'model' differs from {path}); "
-                "use a new --out folder, or the same model settings to resume"
+            saved_run = json.load(f)
+        saved = _flatten({"config": saved_run["config"], "dataset": saved_run.get("dataset")})
+        now = _flatten(json.loads(json.dumps({"config": resolved["config"], "dataset": dataset})))  # tuples as lists
+        changed = [
+            key
+            for key in sorted(saved.keys() | now.keys())
+            if saved.get(key) != now.get(key) and key.removeprefix("config.") not in MAY_CHANGE_AT_RESUME
+        ]
+        if changed:
+            details = ", ".join(
+                f"{key.removeprefix('config.')} (saved {saved.get(key)!r}, now {now.get(key)!r})" for key in changed
             )
-    dist.barrier()
+            problem[0] = (
+                f"{run_dir} holds a run with other settings: {details}. These change the run's results: use a new "
+                f"--out folder, or the saved settings ({path}) to resume"
+            )
+    dist.broadcast_object_list(problem, src=0)
+    if problem[0]:
+        raise ConfigError(problem[0])
+    checkpoint.check_shared(run_dir)
     if rank == 0:
-        os.makedirs(run_dir, exist_ok=True)
         with open(path + ".tmp", "w") as f:
             json.dump(resolved, f, indent=2)
         os.replace(path + ".tmp", path)
+    dist.barrier()
     return resolved
 
 
@@ -171,7 +219,8 @@ def training_loss(
     device: torch.device,
     dtype: torch.dtype,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The loss of one micro-batch, with per-clip losses and timesteps for the curriculum, and the loss on the
+    """The loss of one micro-batch, with per-clip losses on the generated frames and timesteps for the curriculum,
+    and the loss on the
     generated and the given frames apart: (generated loss, 1 if any generated frame, given loss, 1 if any given
     frame), kept on the device so that logging it costs no synchronisation.
 
@@ -201,12 +250,15 @@ def training_loss(
     # 6. the loss mask: padded frames never count
     loss = masked_mse(y_hat, y, m_frame, cfg.run.loss_normalize)
     with torch.no_grad():
-        pairs = zip(y_hat.split(1), y.split(1), m_frame.split(1), strict=True)
-        per_clip = torch.stack([masked_mse(p, e, m, cfg.run.loss_normalize) for p, e, m in pairs])
         # the same loss on the frames the task had to produce and on the frames it was given (whose noise the
         # condition makes computable): the first says how well the task is learned, the second hides it in `loss`
         given = m_frame * m_cond * keep_image[:, None]
         generated = m_frame - given
+        # per clip, for the curriculum: the generated frames only, so a clip's score measures the clip, not the
+        # mask draw (NaN for a clip with nothing to generate, which the curriculum skips)
+        pairs = zip(y_hat.split(1), y.split(1), generated.split(1), strict=True)
+        per_clip = torch.stack([masked_mse(p, e, m) for p, e, m in pairs])
+        per_clip = torch.where(generated.any(dim=1), per_clip, torch.nan)
         parts = torch.stack(
             [masked_mse(y_hat, y, generated), generated.any().float(), masked_mse(y_hat, y, given), given.any().float()]
         )
@@ -251,8 +303,8 @@ def train(cfg: TrainConfig, data: str, run_dir: str) -> TrainSummary:
     torch.manual_seed(seed)  # the same initial weights on every rank (ZeRO-3 partitions each rank's own copy)
 
     # -- 2. data: this rank's shards, streamed through a shuffle buffer ---------------------------------------------
-    rows = ParquetRows(reader, rank, world_size, seed, cfg.data.read_batch_rows)
-    loader = ClipLoader(rows, cfg.data, cfg.latent.resolution, seed, rank)
+    rows = ParquetRows(reader, rank, world_size, seed)
+    loader = ClipLoader(rows, cfg.data, cfg.latent.resolution, seed, rank, cfg.curriculum.pacing_passes)
 
     # -- 3. model, frozen text tower and codec, noise schedule, curriculum ------------------------------------------
     codec = load_codec(cfg.latent, device, dtype)
@@ -266,9 +318,10 @@ def train(cfg: TrainConfig, data: str, run_dir: str) -> TrainSummary:
     torch.manual_seed(seed + rank)  # from here on (dropout, if any) each rank draws its own
     noise_scheduler = train_scheduler(cfg.diffusion)
     curriculum = Curriculum(cfg.curriculum, seed)
+    curriculum.bind(rows.static_difficulty())  # this rank's share only: its rows' scores live in arrays of its size
 
     # -- 4. the run folder and its config: written once the data and the model were accepted ---------------------
-    prepare_run(run_dir, cfg, data, rank)
+    prepare_run(run_dir, cfg, data, dataset_identity(reader), rank)
 
     # -- 5. DeepSpeed: ZeRO, precision, accumulation, clipping, warmup ----------------------------------------------
     optim = cfg.optim
@@ -278,12 +331,8 @@ def train(cfg: TrainConfig, data: str, run_dir: str) -> TrainSummary:
     if not log.isEnabledFor(logging.INFO):  # DeepSpeed's notices (its logger is its own) only at INFO, e.g. -v
         deepspeed.utils.logger.setLevel(logging.ERROR)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=deepspeed_config(cfg, bf16))
-    ema = None
-    if cfg.optim.ema_decay is not None:  # shadow weights in fp32: a bf16 copy would not move at decay 0.9999
-        shadow = [p.detach().float().clone() for p in engine.module.parameters()]
-        ema = EMAModel(shadow, decay=cfg.optim.ema_decay, model_cls=DFGN, model_config=engine.module.config)
 
-    # -- 6. resume: weights, optimizer and lr from DeepSpeed; data position, curriculum and RNG from our state -------
+    # -- 6. resume: weights, optimizer and lr from DeepSpeed; data position, curriculum, RNG and EMA from our state --
     step = 0
     state = checkpoint.load(engine, run_dir)
     if state is not None:
@@ -291,11 +340,8 @@ def train(cfg: TrainConfig, data: str, run_dir: str) -> TrainSummary:
         loader.load_state_dict(state["data"])
         curriculum.load_state_dict(state["curriculum"])
         torch.set_rng_state(state["torch_rng"])
-        if ema is not None:
-            ema_dir = os.path.join(run_dir, checkpoint.CHECKPOINTS, checkpoint.tag(step), checkpoint.EMA_DIR)
-            ema = EMAModel.from_pretrained(ema_dir, model_cls=DFGN)
-            ema.to(device)
         _truncate_metrics(run_dir, step, is_main)
+    ema = _ema(cfg, engine, run_dir, step if state is not None else None, device)
     start_step = step
 
     # -- 7. the loop ---------------------------------------------------------------------------------------------------
@@ -324,7 +370,7 @@ def train(cfg: TrainConfig, data: str, run_dir: str) -> TrainSummary:
             )
             engine.backward(loss)
             engine.step()
-            curriculum.observe_sample_losses(batch.sample_ids, per_clip.cpu().numpy(), task, timesteps.cpu().numpy())
+            curriculum.observe_sample_losses(batch.rows, per_clip.cpu().numpy(), task, timesteps.cpu().numpy())
             step_stats[0] += loss.detach() / cfg.optim.grad_accum
             step_stats[1:] += parts  # a part without frames adds (0, 0)
             ids += batch.sample_ids
@@ -415,6 +461,26 @@ def train(cfg: TrainConfig, data: str, run_dir: str) -> TrainSummary:
         losses={task: float(np.mean(values)) for task, values in task_losses.items()},
         generated_losses={task: float(np.mean(values)) for task, values in generated_losses.items()},
     )
+
+
+def _ema(
+    cfg: TrainConfig, engine: Any, run_dir: str, resumed_step: int | None, device: torch.device
+) -> EMAModel | None:
+    """The EMA of the weights when optim.ema_decay is set; shadow weights in fp32 (a bf16 copy would not move at
+    decay 0.9999). On resume, the checkpoint's EMA at the configured decay; a checkpoint without one (EMA turned on
+    at resume) starts it from the restored weights, and says so."""
+    if cfg.optim.ema_decay is None:
+        return None
+    if resumed_step is not None:
+        folder = os.path.join(run_dir, checkpoint.CHECKPOINTS, checkpoint.tag(resumed_step), checkpoint.EMA_DIR)
+        if os.path.isdir(folder):
+            ema = EMAModel.from_pretrained(folder, model_cls=DFGN)
+            ema.decay = cfg.optim.ema_decay
+            ema.to(device)
+            return ema
+        log.warning("EMA turned on at resume: it starts from the weights of step %d", resumed_step)
+    shadow = [p.detach().float().clone() for p in engine.module.parameters()]
+    return EMAModel(shadow, decay=cfg.optim.ema_decay, model_cls=DFGN, model_config=engine.module.config)
 
 
 def _tensorboard(run_dir: str, start_step: int):

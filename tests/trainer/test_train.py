@@ -203,3 +203,17 @@ def test_zero3_saves_whole_weights_and_resumes(data, tmp_path):
     saved = weights(run)
     assert saved and all(t.numel() > 0 for t in saved.values())  # gathered, not this rank's empty partitions
     assert "resumed from step 1" in finish(rdtf(*args, "--steps", "2"))
+
+
+def test_ema_turned_on_at_resume_starts_from_the_restored_weights_and_a_changed_setting_is_refused(data, tmp_path):
+    run = tmp_path / "ema_later"
+    args = ["train", "--config", TINY, "--data", data, "--out", str(run), "--micro-batch", "1"]
+    args += ["--set", "data.shuffle_buffer=4"]
+    finish(rdtf(*args, "--steps", "1"))
+    out = finish(rdtf(*args, "--steps", "2", "--set", "optim.ema_decay=0.9"))  # it crashed here (issue 14)
+    assert "resumed from step 1" in out and "EMA turned on at resume" in out
+    assert checkpoint.weights_folder(str(run)).endswith("ema")
+    process = rdtf(*args, "--steps", "3", "--set", "diffusion.beta_end=0.02")
+    out, _ = process.communicate(timeout=300)
+    assert process.returncode == 2 and "diffusion.beta_end (saved 0.012, now 0.02)" in out
+    assert checkpoint.latest_tag(str(run)) == "step-00000002"

@@ -1,4 +1,5 @@
-"""The `rdtf` command line: one entry point for every job (preprocess, train, sample, demo; more to come)."""
+"""The `rdtf` command line: one entry point for every job (preprocess, train, sample, demo) and for running them on
+a Ray cluster (submit, jobs)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ from importlib.metadata import version
 from jobs.console import quiet_libraries
 from jobs.demo import add_demo_parser
 from jobs.preprocess import add_preprocess_parser
+from jobs.ray_jobs import ClusterError, add_jobs_parser
 from jobs.sample import add_sample_parser
+from jobs.submit import add_submit_parser
 from jobs.train import add_train_parser
 from pipeline.discover import InputError
 from pipeline.lock import OutputLockedError
@@ -33,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_parser(commands)
     add_sample_parser(commands)
     add_demo_parser(commands)
+    add_submit_parser(commands)
+    add_jobs_parser(commands)
     return parser
 
 
@@ -52,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         FileNotFoundError,
         OutputLockedError,
         UnsafeURIError,
+        ClusterError,
     ) as error:  # the user's to fix
         print(f"rdtf {args.command}: error: {error}", file=sys.stderr)
         return 2

@@ -10,6 +10,7 @@ from importlib.metadata import version
 
 from jobs.console import quiet_libraries
 from jobs.demo import add_demo_parser
+from jobs.launch import add_launch_parser
 from jobs.preprocess import add_preprocess_parser
 from jobs.ray_jobs import ClusterError, add_jobs_parser
 from jobs.sample import add_sample_parser
@@ -38,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_demo_parser(commands)
     add_submit_parser(commands)
     add_jobs_parser(commands)
+    add_launch_parser(commands)
     return parser
 
 

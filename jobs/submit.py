@@ -71,7 +71,7 @@ def add_submit_parser(commands: Any) -> None:
     preprocess.set_defaults(run=run_preprocess)
 
 
-def _cluster_path(value: str, flag: str) -> str:
+def cluster_path(value: str, flag: str) -> str:
     """A path as every node sees it: a URI, or an absolute path (the job runs in a folder of its own)."""
     check_uri(value)
     if "://" not in value and not os.path.isabs(value):
@@ -122,8 +122,8 @@ def _next_attempt(client: Any, base: str) -> str:
 
 
 def run_preprocess(args: argparse.Namespace) -> int:
-    inputs = [_cluster_path(value, "INPUT") for value in args.inputs]
-    out = _cluster_path(args.out, "--out")
+    inputs = [cluster_path(value, "INPUT") for value in args.inputs]
+    out = cluster_path(args.out, "--out")
     # The job reaches the cluster it runs on; the embedded-Ray settings (num_cpus) do not apply there.
     cfg = load(PreprocessConfig, args.config, parse_sets(args.sets) | {"ray.address": "auto"})
     config = to_dict(cfg)

@@ -69,6 +69,9 @@ def add_submit_parser(commands: Any) -> None:
     )
     preprocess.add_argument("--wait", action="store_true", help="follow the log; exit with the job's outcome")
     preprocess.set_defaults(run=run_preprocess)
+    from jobs.batch import add_batch_parser  # imported here: jobs.batch builds on this module
+
+    add_batch_parser(kinds)
 
 
 def cluster_path(value: str, flag: str) -> str:
@@ -121,59 +124,60 @@ def _next_attempt(client: Any, base: str) -> str:
     return f"{base}-{n}"
 
 
-def run_preprocess(args: argparse.Namespace) -> int:
-    inputs = [cluster_path(value, "INPUT") for value in args.inputs]
-    out = cluster_path(args.out, "--out")
+def resolve(inputs: list[str], out: str, config_file: str | None, sets: dict[str, Any]) -> tuple[list, str, dict]:
+    """(inputs, output, resolved config) of one preprocessing job, checked before anything is sent."""
+    inputs = [cluster_path(value, "INPUT") for value in inputs]
+    out = cluster_path(out, "--out")
     # The job reaches the cluster it runs on; the embedded-Ray settings (num_cpus) do not apply there.
-    cfg = load(PreprocessConfig, args.config, parse_sets(args.sets) | {"ray.address": "auto"})
-    config = to_dict(cfg)
-    base = work_id("preprocess", inputs, out, config)
-    client = connect(args.address)
-    address = client.get_address()
+    cfg = load(PreprocessConfig, config_file, sets | {"ray.address": "auto"})
+    return inputs, out, to_dict(cfg)
 
+
+def submit_preprocess(client: Any, inputs: list[str], out: str, config: dict[str, Any]) -> str:
+    """Submit `rdtf preprocess` as a Ray job, or attach to the running job of the same work; returns the job id."""
+    base = work_id("preprocess", inputs, out, config)
+    address = client.get_address()
     running = _live_job_on(client, out)
     if running is not None and running.metadata.get("rdtf_work") == base:
-        job_id = running.submission_id
-        print(f"attached to job {job_id} ({running.status}): it already runs this work", file=sys.stderr)
-    elif running is not None:
+        print(f"attached to job {running.submission_id} ({running.status}): it already runs this work", file=sys.stderr)
+        return running.submission_id
+    if running is not None:
         raise OutputLockedError(
             f"{out} is being written by Ray job {running.submission_id} ({running.status}) with other inputs or "
             f"settings. Wait for it (`rdtf jobs logs {running.submission_id} --follow`), stop it, or write to "
             "another --out."
         )
-    else:
-        _check_lock(out)
-        job_id = _next_attempt(client, base)
-        entrypoint = shlex.join(
-            [
-                "python",  # the head's `python`: Ray must be started from the project's environment (ray_cluster.yaml)
-                "-m",
-                "jobs.cli",
-                "preprocess",
-                *inputs,
-                "--out",
-                out,
-                "--config",
-                CONFIG_FILE,
-                "--no-progress",
-            ]
-        )
-        with working_dir({CONFIG_FILE: json.dumps(config, indent=2)}) as folder:
-            runtime_env = {"working_dir": folder, "env_vars": JOB_ENV_VARS | {JOB_ENV: job_id}}
-            metadata = {"rdtf_command": "preprocess", "rdtf_output": out, "rdtf_work": base}
-            try:
-                client.submit_job(
-                    entrypoint=entrypoint, submission_id=job_id, runtime_env=runtime_env, metadata=metadata
-                )
-            except RuntimeError as error:
-                if "already exists" not in str(error):
-                    raise ClusterError(f"the Ray job API at {address} refused the job: {error}") from error
-                print(f"attached to job {job_id}: submitted at the same moment from elsewhere", file=sys.stderr)
-        print(f"submitted job {job_id} to {address}", file=sys.stderr)
+    _check_lock(out)
+    job_id = _next_attempt(client, base)
+    # The head's `python`: Ray must be started from the project's environment (ray_cluster.yaml).
+    command = ["python", "-m", "jobs.cli", "preprocess", *inputs, "--out", out, "--config", CONFIG_FILE]
+    with working_dir({CONFIG_FILE: json.dumps(config, indent=2)}) as folder:
+        runtime_env = {"working_dir": folder, "env_vars": JOB_ENV_VARS | {JOB_ENV: job_id}}
+        metadata = {"rdtf_command": "preprocess", "rdtf_output": out, "rdtf_work": base}
+        try:
+            client.submit_job(
+                entrypoint=shlex.join([*command, "--no-progress"]),
+                submission_id=job_id,
+                runtime_env=runtime_env,
+                metadata=metadata,
+            )
+        except RuntimeError as error:
+            if "already exists" not in str(error):
+                raise ClusterError(f"the Ray job API at {address} refused the job: {error}") from error
+            print(f"attached to job {job_id}: submitted at the same moment from elsewhere", file=sys.stderr)
+            return job_id
+    print(f"submitted job {job_id} to {address}", file=sys.stderr)
+    return job_id
+
+
+def run_preprocess(args: argparse.Namespace) -> int:
+    inputs, out, config = resolve(args.inputs, args.out, args.config, parse_sets(args.sets))
+    client = connect(args.address)
+    job_id = submit_preprocess(client, inputs, out, config)
     print(job_id)
     sys.stdout.flush()
     if not args.wait:
-        print(f"follow it: rdtf jobs logs {job_id} --follow --address {address}", file=sys.stderr)
+        print(f"follow it: rdtf jobs logs {job_id} --follow --address {client.get_address()}", file=sys.stderr)
         return 0
     try:
         follow(client, job_id)

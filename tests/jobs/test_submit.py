@@ -131,6 +131,35 @@ def test_a_stopped_job_resumes_when_submitted_again(cluster: LocalCluster, stick
     assert len(pc.unique(rows)) == len(rows)
 
 
+def test_a_batch_spec_is_checked_whole_before_anything_is_submitted(tmp_path: Path) -> None:
+    spec = tmp_path / "batch.yaml"
+    spec.write_text(f"jobs:\n  - {{inputs: [/a], out: {tmp_path}/x}}\n  - {{inputs: [/b], outt: {tmp_path}/y}}\n")
+    result = rdtf("submit", "batch", str(spec), "--address", "http://127.0.0.1:1")  # never reached
+    assert result.returncode == 2 and "unknown config key 'jobs[1].outt'" in result.stderr
+    spec.write_text(f"jobs:\n  - {{inputs: [/a], out: {tmp_path}/x}}\n  - {{inputs: [/b], out: {tmp_path}/x/}}\n")
+    result = rdtf("submit", "batch", str(spec), "--address", "http://127.0.0.1:1")
+    assert result.returncode == 2 and "'jobs[1].out'" in result.stderr and "also the output of jobs[0]" in result.stderr
+
+
+def test_a_batch_runs_one_job_per_output(cluster: LocalCluster, stickers: Path, tmp_path: Path) -> None:
+    both = _stickers(stickers, tmp_path / "part-0", 6)
+    (tmp_path / "part-1").mkdir()
+    parts = [both[:3], [Path(shutil.move(p, tmp_path / "part-1" / p.name)) for p in both[3:]]]
+    spec = tmp_path / "batch.yaml"
+    spec.write_text(
+        f"address: {cluster.address}\nset: {{ray.rows_per_shard: 2}}\njobs:\n"
+        f"  - {{inputs: [{tmp_path / 'part-0'}], out: {tmp_path / 'ds-0'}}}\n"
+        f"  - {{inputs: [{tmp_path / 'part-1'}], out: {tmp_path / 'ds-1'}, set: {{decode.fps: 4}}}}\n"
+    )
+    result = rdtf("submit", "batch", str(spec), "--wait", env=cluster.auth_env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    table = [line.split() for line in result.stdout.splitlines()[1:]]
+    assert [(row[1], row[2]) for row in table] == [("SUCCEEDED", str(tmp_path / f"ds-{i}")) for i in (0, 1)]
+    _each_input_once(tmp_path / "ds-0", parts[0])
+    _each_input_once(tmp_path / "ds-1", parts[1])
+    assert open_dataset(str(tmp_path / "ds-1")).card["config"]["decode"]["fps"] == 4
+
+
 def test_a_failing_job_exits_non_zero_with_its_log_tail(cluster: LocalCluster, tmp_path: Path) -> None:
     missing = tmp_path / "no-such-folder"  # absolute, and missing on the cluster
     result = rdtf(

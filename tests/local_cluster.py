@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -60,14 +61,14 @@ class LocalCluster:
         """The environment a client needs to talk to this cluster."""
         return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token}
 
-    def _start(self, args: list[str], log_name: str) -> subprocess.Popen:
+    def _start(self, args: list[str], log_name: str, temp_dir: str) -> subprocess.Popen:
         env = os.environ | {"RAY_USAGE_STATS_ENABLED": "0"} | self.auth_env | self.env
         # The nodes run this interpreter's environment: jobs call `python`, which must be this venv's.
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
         common = [
             f"--num-cpus={self.num_cpus}",
             f"--object-store-memory={self.object_store_mb * 2**20}",
-            f"--temp-dir={self.temp_dir}",
+            f"--temp-dir={temp_dir}",
             "--disable-usage-stats",
             "--block",
         ]
@@ -97,9 +98,14 @@ class LocalCluster:
                 f"--ray-client-server-port={free_port()}",
             ],
             "head.log",
+            self.temp_dir,
         )
         self._wait_for_nodes(1)
-        self._start([f"--address={self.gcs}", "--node-ip-address=127.0.0.1"], "worker.log")
+        # A temp dir of its own, as on a machine of its own: nodes sharing one would share (and garbage-collect)
+        # each other's unpacked job files, such as a running job's working_dir.
+        worker_dir = os.path.join(self.temp_dir, "w")
+        os.mkdir(worker_dir)
+        self._start([f"--address={self.gcs}", "--node-ip-address=127.0.0.1"], "worker.log", worker_dir)
         self._wait_for_nodes(2)
         return self
 
@@ -148,6 +154,8 @@ class LocalCluster:
             except ProcessLookupError:
                 pass
         self.processes.clear()
+        if self.temp_dir:
+            shutil.rmtree(self.temp_dir, ignore_errors=True)  # sessions, logs, spilled objects
 
     def __enter__(self) -> LocalCluster:
         try:

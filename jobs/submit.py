@@ -1,8 +1,9 @@
 """`rdtf submit preprocess INPUT... --out DATASET --address http://HEAD:8265`: `rdtf preprocess` as a Ray job.
 
 The config is resolved here (--config, then --set) and shipped with this checkout's packages in the job's
-`working_dir` (jobs/ray_jobs.py); the job runs `python -m jobs.cli preprocess ... --config` on the head node and
-reaches the cluster's workers from there.
+`working_dir` (jobs/ray_jobs.py); the job runs a preflight (jobs/preflight.py: every node reads the inputs and
+shares the output), then `python -m jobs.cli preprocess ... --config` on the head node, which reaches the cluster's
+workers from there.
 
 One writer per output:
 - the submission id is derived from the command, the inputs, the output and the resolved config, so submitting the
@@ -151,12 +152,13 @@ def submit_preprocess(client: Any, inputs: list[str], out: str, config: dict[str
     job_id = _next_attempt(client, base)
     # The head's `python`: Ray must be started from the project's environment (ray_cluster.yaml).
     command = ["python", "-m", "jobs.cli", "preprocess", *inputs, "--out", out, "--config", CONFIG_FILE]
+    preflight = ["python", "-m", "jobs.preflight", *inputs, "--out", out]  # every node reads and shares the paths
     with working_dir({CONFIG_FILE: json.dumps(config, indent=2)}) as folder:
         runtime_env = {"working_dir": folder, "env_vars": JOB_ENV_VARS | {JOB_ENV: job_id}}
         metadata = {"rdtf_command": "preprocess", "rdtf_output": out, "rdtf_work": base}
         try:
             client.submit_job(
-                entrypoint=shlex.join([*command, "--no-progress"]),
+                entrypoint=f"{shlex.join(preflight)} && {shlex.join([*command, '--no-progress'])}",
                 submission_id=job_id,
                 runtime_env=runtime_env,
                 metadata=metadata,

@@ -5,6 +5,7 @@ The commands run as users run them, in subprocesses."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -160,6 +161,21 @@ def test_a_batch_runs_one_job_per_output(cluster: LocalCluster, stickers: Path, 
     assert open_dataset(str(tmp_path / "ds-1")).card["config"]["decode"]["fps"] == 4
 
 
+def test_an_output_no_node_can_write_fails_the_preflight_naming_node_and_path(
+    cluster: LocalCluster, tmp_path: Path
+) -> None:
+    (tmp_path / "in").mkdir()
+    (tmp_path / "a-file").write_text("not a folder")
+    out = tmp_path / "a-file" / "dataset"
+    result = rdtf(
+        *("submit", "preprocess", str(tmp_path / "in"), "--out", str(out), "--address", cluster.address, "--wait"),
+        env=cluster.auth_env,
+    )
+    assert result.returncode == 1
+    assert "not every node can do this job's I/O" in result.stderr
+    assert re.search(rf"node \S+ \(the head, where the job's driver runs\): cannot write into {out}", result.stderr)
+
+
 def test_a_failing_job_exits_non_zero_with_its_log_tail(cluster: LocalCluster, tmp_path: Path) -> None:
     missing = tmp_path / "no-such-folder"  # absolute, and missing on the cluster
     result = rdtf(
@@ -170,4 +186,4 @@ def test_a_failing_job_exits_non_zero_with_its_log_tail(cluster: LocalCluster, t
     assert result.returncode == 1
     tail = result.stderr.split("--- the last 40 lines of its log ---", 1)
     assert len(tail) == 2 and "FAILED" in tail[0]
-    assert str(missing) in tail[1] and "does not exist" in tail[1]
+    assert f"cannot read {missing}: {missing} does not exist there" in tail[1]  # the preflight, naming the node

@@ -1,4 +1,5 @@
-"""The `rdtf` command line: one entry point for every job (preprocess, train, sample, demo; more to come)."""
+"""The `rdtf` command line: one entry point for every job (preprocess, train, sample, demo), for looking into
+datasets (query, search, stats) and for running jobs on a Ray cluster (submit, jobs, launch)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,15 @@ from importlib.metadata import version
 
 from jobs.console import quiet_libraries
 from jobs.demo import add_demo_parser
+from jobs.launch import add_launch_parser
 from jobs.preprocess import add_preprocess_parser
 from jobs.query import add_query_parser
+from jobs.ray_jobs import ClusterError, add_jobs_parser
 from jobs.sample import add_sample_parser
 from jobs.search import add_search_parser
 from jobs.search_index import SearchError
 from jobs.stats import add_stats_parser
+from jobs.submit import add_submit_parser
 from jobs.train import add_train_parser
 from pipeline.discover import InputError
 from pipeline.lock import OutputLockedError
@@ -41,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_search_parser(commands)
     add_stats_parser(commands)
     add_demo_parser(commands)
+    add_submit_parser(commands)
+    add_jobs_parser(commands)
+    add_launch_parser(commands)
     return parser
 
 
@@ -62,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         UnsafeURIError,
         QueryError,
         SearchError,
+        ClusterError,
     ) as error:  # the user's to fix
         print(f"rdtf {args.command}: error: {error}", file=sys.stderr)
         return 2

@@ -27,6 +27,8 @@ log = logging.getLogger("rdtf.preprocess")
 LOCK_FILE = "_lock.json"
 HEARTBEAT_S = 10.0  # how often a running job renews its lock
 STALE_AFTER_S = 120.0  # a lock not renewed for this long belongs to a dead job (12 missed heartbeats)
+# Set by `rdtf submit` in a Ray job's environment: the lock records the job, so that a refusal can name it.
+JOB_ENV = "RDTF_JOB_ID"
 
 
 class OutputLockedError(RuntimeError):
@@ -41,6 +43,12 @@ def _process_alive(pid: int) -> bool:
     except PermissionError:  # alive, someone else's
         return True
     return True
+
+
+def describe(held: dict) -> str:
+    """`Ray job ID, run RUN` or `run RUN`: who holds a lock, for messages."""
+    job = f"Ray job {held['job']}, " if held.get("job") else ""
+    return f"{job}run {held.get('owner')}"
 
 
 @dataclass
@@ -71,6 +79,8 @@ class OutputLock:
 
     def _write(self) -> None:
         record = {"owner": self.owner, "host": socket.gethostname(), "pid": os.getpid(), "heartbeat": time.time()}
+        if os.environ.get(JOB_ENV):
+            record["job"] = os.environ[JOB_ENV]
         with self.layout.fs.open_output_stream(self.path) as f:
             f.write(json.dumps(record).encode())
 
@@ -83,6 +93,11 @@ class OutputLock:
             return f"its process {held.get('pid')} on this host is gone"
         return None
 
+    def live_holder(self) -> dict | None:
+        """The lock record of a live run holding this output (with `job` when it runs as a Ray job), or None."""
+        held = self.read()
+        return held if held is not None and self._dead_reason(held) is None else None
+
     def acquire(self) -> None:
         """Take the lock, or raise OutputLockedError naming the live holder and what to do."""
         self.layout.fs.create_dir(self.layout.root, recursive=True)
@@ -92,7 +107,7 @@ class OutputLock:
             if reason is None:
                 age = time.time() - float(held["heartbeat"])
                 raise OutputLockedError(
-                    f"{self.layout.root} is being written by another rdtf preprocess (run {held['owner']}, host "
+                    f"{self.layout.root} is being written by another rdtf preprocess ({describe(held)}, host "
                     f"{held.get('host')}, pid {held.get('pid')}, heartbeat {age:.0f} s ago). Wait for it to finish, "
                     f"or write to another --out. If that job is dead, re-run: its lock is taken over "
                     f"{self.stale_after_s:.0f} s after its last heartbeat."

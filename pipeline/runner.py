@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 import uuid
@@ -147,8 +148,11 @@ def ray_session(cfg: RayConfig, show_progress: bool) -> Iterator[None]:
     level = logging.INFO if log.isEnabledFor(logging.INFO) else logging.ERROR
     started = not ray.is_initialized()
     if started and cfg.address:
-        # Ship this checkout's packages to the cluster's workers, so the cluster needs only the dependencies.
-        ray.init(address=cfg.address, runtime_env={"py_modules": [pipeline, schemas]}, logging_level=level)
+        # Ship this checkout's packages to the cluster's workers, so the cluster needs only the dependencies. As
+        # folders, not module objects: inside a Ray job (`rdtf submit`) Ray deep-copies this runtime_env to merge it
+        # with the job's, and a module cannot be copied.
+        packages = [os.path.dirname(module.__file__) for module in (pipeline, schemas)]
+        ray.init(address=cfg.address, runtime_env={"py_modules": packages}, logging_level=level)
     elif started:
         ray.init(
             num_cpus=cfg.num_cpus,

@@ -27,6 +27,16 @@ def test_a_second_writer_is_refused_while_the_first_is_alive(tmp_path: Path) -> 
         pass
 
 
+def test_a_lock_held_by_a_ray_job_names_the_job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    layout = DatasetLayout.at(str(tmp_path / "out"))
+    monkeypatch.setenv("RDTF_JOB_ID", "rdtf-preprocess-0123456789ab")  # as `rdtf submit` sets it in the job
+    with OutputLock(layout, "first"):
+        assert OutputLock(layout, "reader").live_holder()["job"] == "rdtf-preprocess-0123456789ab"
+        with pytest.raises(OutputLockedError, match="Ray job rdtf-preprocess-0123456789ab, run first"):
+            OutputLock(layout, "second").acquire()
+    assert OutputLock(layout, "reader").live_holder() is None
+
+
 def test_the_heartbeat_renews_the_lock(tmp_path: Path) -> None:
     layout = DatasetLayout.at(str(tmp_path))
     with OutputLock(layout, "run", heartbeat_s=0.05) as lock:

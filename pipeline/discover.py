@@ -207,13 +207,13 @@ def discover(inputs: list[str], cfg: InputConfig, ws: Workspace) -> int:
     A URI named twice is one input; its caption, id and version come from its first mention that has them.
     """
     listed = pa.schema([*INPUT_SCHEMA, ("mention", pa.int64())])  # the order of mentions, for "first"
-    ws.load("listed", listed.empty_table())
     refused, example, mentions = 0, None, 0
-    for part in _listing(inputs, cfg):
-        count, first = _unsafe(part["source_uri"])
-        refused, example = refused + count, example or first
-        ws.load("listed", part.append_column("mention", pa.arange(mentions, mentions + part.num_rows)), append=True)
-        mentions += part.num_rows
+    with ws.appender("listed", listed) as appender:
+        for part in _listing(inputs, cfg):
+            count, first = _unsafe(part["source_uri"])
+            refused, example = refused + count, example or first
+            appender.add(part.append_column("mention", pa.arange(mentions, mentions + part.num_rows)))
+            mentions += part.num_rows
     if refused:
         try:
             check_uri(example or "")

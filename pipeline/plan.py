@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from pipeline.blocks import read_blocks
+from pipeline.blocks import Block, read_blocks
 from pipeline.config import RayConfig
 from pipeline.stage import STATUS_COLUMNS, Resources, Stage
 from schemas.dataset import SAMPLE_SCHEMA
@@ -191,7 +191,7 @@ def _map_legs(dataset: Any, legs: list[Leg], sink: Any, schema: pa.Schema, rows_
 
 
 def run_stages(
-    blocks: list[str],
+    blocks: list[Block],
     fs: pafs.FileSystem,
     stages: list[Stage],
     input_columns: tuple[str, ...],
@@ -200,7 +200,7 @@ def run_stages(
     rows_per_task: int,
     max_retries: int = RayConfig.max_retries,
 ) -> Iterator[pa.Table]:
-    """Stream the rows of `blocks` (Parquet files from `write_blocks`, holding `input_columns`) through the stages on
+    """Stream the rows of `blocks` (pipeline.blocks.write_blocks, holding `input_columns`) through the stages on
     Ray Data, one block per task; yield the last leg's output (`schema`) as blocks finish."""
     if not blocks:
         return

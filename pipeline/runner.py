@@ -38,7 +38,7 @@ from tqdm import tqdm
 import pipeline
 import pipeline.ledger as ledger
 import schemas
-from pipeline.blocks import block_rows, cut, write_blocks
+from pipeline.blocks import Block, block_rows, cut, write_blocks
 from pipeline.card import count_outputs, make_card
 from pipeline.clip import ClipInputStage, ClipSetup, ClipStage, prepare
 from pipeline.clip_models import RANDOM_WARNING
@@ -77,6 +77,7 @@ EXECUTION_KEYS: dict[str, tuple[str, ...] | None] = {
     "bookkeeping": None,
     "clip": ("pool_size", "num_cpus", "num_gpus"),
 }
+RESULTS = pa.schema([("source_uri", pa.string()), ("reject_reason", pa.string())])  # the main pass's, per input
 HASH_ROWS_PER_TASK = 1024  # inputs per hash task: reading and hashing is light, a task's start is not
 # The main pass's input: the readable kept copies, with what the listing said of them.
 WORK = """
@@ -229,7 +230,7 @@ def _check_config(layout: DatasetLayout, config: dict[str, Any], clip: ClipSetup
         )
 
 
-def _pass_blocks(ws: Workspace, query: str, layout: DatasetLayout, folder: str, rows_per_task: int) -> list[str]:
+def _pass_blocks(ws: Workspace, query: str, layout: DatasetLayout, folder: str, rows_per_task: int) -> list[Block]:
     """`query`'s rows, sorted by URI, as Parquet blocks in the staging folder `folder` for a Ray pass."""
     import ray
 
@@ -242,12 +243,13 @@ def _hash_pass(ws: Workspace, layout: DatasetLayout, run_id: str, cfg: Preproces
     stage = HashStage(cfg.decode.max_file_bytes)
     folder = f"{layout.staging_dir(run_id)}/blocks/hash"
     blocks = _pass_blocks(ws, "SELECT source_uri FROM todo", layout, folder, HASH_ROWS_PER_TASK)
-    ws.load("hashed", HASH_OUTPUT.empty_table())
     passed = run_stages(blocks, layout.fs, [stage], ("source_uri",), None, HASH_OUTPUT, HASH_ROWS_PER_TASK,
                         cfg.ray.max_retries)  # fmt: skip
-    with tqdm(total=ws.count("SELECT * FROM todo"), desc="hashing", unit="input", disable=not show_progress) as bar:
+    total = ws.count("SELECT * FROM todo")
+    with ws.appender("hashed", HASH_OUTPUT) as hashed, tqdm(total=total, desc="hashing", unit="input",
+                                                            disable=not show_progress) as bar:  # fmt: skip
         for batch in passed:
-            ws.load("hashed", batch.cast(HASH_OUTPUT), append=True)
+            hashed.add(batch.cast(HASH_OUTPUT))
             bar.update(batch.num_rows)
 
 
@@ -354,12 +356,13 @@ def _run(
         # 4. Main pass over the kept copies.
         stages = main_stages(cfg, clip)
         sink = ShardWriter(output, cfg.decode.frame_size, run_id)
-        ws.load("results", pa.schema([("source_uri", pa.string()), ("reject_reason", pa.string())]).empty_table())
         published: set[str] = set()  # one entry per shard, not per input
         shard = cfg.ray.rows_per_shard
         blocks = _pass_blocks(ws, WORK, layout, f"{layout.staging_dir(run_id)}/blocks/main", shard)
         batches = run_stages(blocks, layout.fs, stages, INPUT_COLUMNS, sink, SUMMARY_OUTPUT, shard, cfg.ray.max_retries)
-        with tqdm(total=ws.count(WORK), desc="preprocessing", unit="sticker", disable=not show_progress) as bar:
+        total = ws.count(WORK)
+        with ws.appender("results", RESULTS) as results, tqdm(total=total, desc="preprocessing", unit="sticker",
+                                                               disable=not show_progress) as bar:  # fmt: skip
             for batch in batches:
                 # data/ before rejects/: a run killed between the two redoes only rejects (sorted puts data first)
                 if lock.lost:
@@ -370,7 +373,7 @@ def _run(
                 reason = batch["reject_reason"]
                 summary.bytes_read += pc.sum(batch["num_bytes"]).as_py() or 0
                 summary.rejected.update(_counts(reason.filter(pc.not_equal(reason, NOT_DONE))))
-                ws.load("results", batch.select(["source_uri", "reject_reason"]), append=True)
+                results.add(batch.select(RESULTS.names).cast(RESULTS))
                 bar.update(batch.num_rows)
         written = "SELECT source_uri FROM results WHERE reject_reason IS NULL"
 

@@ -207,7 +207,7 @@ def test_a_pass_reads_its_input_from_parquet_blocks_never_from_the_driver(
     real = runner_module.run_stages
 
     def spy(blocks, fs, stages, *args):
-        seen.append((stages[0].name, [pq.ParquetFile(path).metadata.num_rows for path in blocks]))
+        seen.append((stages[0].name, [pq.ParquetFile(b.path).metadata.row_group(b.row_group).num_rows for b in blocks]))
         return real(blocks, fs, stages, *args)
 
     monkeypatch.setattr(runner_module, "run_stages", spy)

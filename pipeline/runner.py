@@ -140,6 +140,9 @@ class PreprocessSummary:
             f"dataset: {counts.get('rows', 0)} rows, {counts.get('rejects', 0)} rejects "
             f"in {self.output} (card: {self.output.rstrip('/')}/card.json)"
         )
+        by_reason = counts.get("rejects_by_reason") or {}
+        if by_reason:
+            lines.append("  dataset rejects by reason: " + ", ".join(f"{r} {n}" for r, n in sorted(by_reason.items())))
         return lines
 
 

@@ -15,10 +15,11 @@ import pytest
 import pipeline.read_bytes as read_bytes_module
 import pipeline.runner as runner_module
 from jobs.corpus import make_corpus
+from pipeline.card import count_outputs
 from pipeline.config import BookkeepingConfig, PreprocessConfig, RayConfig
 from pipeline.dedupe import duplicates
 from pipeline.hash_inputs import HashStage
-from pipeline.ledger import scan
+from pipeline.ledger import LEDGER_SCHEMA, counts, scan
 from pipeline.read_bytes import ATTEMPTS, read_input
 from pipeline.runner import run_preprocess
 from pipeline.stage import NOT_DONE, NotDone, Reject
@@ -68,6 +69,27 @@ def test_a_new_copy_of_a_row_already_in_the_dataset_is_its_duplicate() -> None:
         {"source_uri": "/a/copy.gif", "kept_uri": "/z/old.gif"},
         {"source_uri": "/c/x.gif", "kept_uri": "/b/x.gif"},
     ]
+
+
+def test_the_card_counts_rows_and_rejects_by_reason_from_the_ledger(tmp_path: Path) -> None:
+    reasons = [None, "duplicate", "low_entropy", None, "duplicate"]
+    ledger = pa.table(
+        {
+            "source_uri": [f"/in/{n}.gif" for n in range(5)],
+            "sample_id": [f"s{n}" for n in range(5)],
+            "source_version": pa.nulls(5, pa.string()),
+            "reason": reasons,
+        },
+        schema=LEDGER_SCHEMA,
+    )
+    with Workspace() as ws:
+        ws.load("ledger", ledger)
+        rows, by_reason = counts(ws)
+    assert rows == 2 and by_reason == {"duplicate": 2, "low_entropy": 1}
+    card = count_outputs(rows, by_reason, DatasetLayout.at(str(tmp_path)))
+    assert (
+        card["rejects"] == 3 and card["inputs"] == 5 and list(card["rejects_by_reason"]) == ["duplicate", "low_entropy"]
+    )
 
 
 class _Flaky(pafs.FileSystemHandler):

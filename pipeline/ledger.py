@@ -1,11 +1,11 @@
 """What a dataset folder already accounts for: every input that is a row or a reject there, the ledger.
 
 This is how a re-run resumes: it skips these inputs, so a killed job finishes without duplicating or dropping
-anything, and a finished job's re-run adds nothing. The scan reads four short columns of every file through
-`pyarrow.dataset` (threaded), after checking every file's schema version from its footer on a thread pool (the scan
-reuses the footers read); DuckDB streams them into the run's workspace (pipeline/workspace.py): the driver never
-holds the ledger. A run scans the output once, at its start; what it wrote itself is scanned after it and added, for the
-accounting check (bench/scale.py measures both at 1 M rows).
+anything, and a finished job's re-run adds nothing. The scan reads each file's footer once, on a thread pool: it
+checks the schema version, then reads four short columns (a pyarrow dataset would read every footer again, and keep
+them all: 670 MiB for the 7,800 files of 1 M rows, measured); a thousand files at a time go into the run's workspace
+(pipeline/workspace.py), so the driver never holds the ledger. A run scans the output once, at its start; what it
+wrote itself is scanned after it and added, for the accounting check (bench/scale.py measures both at 1 M rows).
 
 Workspace tables: `inputs` (pipeline.discover.INPUT_SCHEMA) and `ledger` (LEDGER_SCHEMA).
 """
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -35,9 +36,8 @@ LEDGER_SCHEMA = pa.schema(
         ("reason", pa.string()),
     ]
 )
-READ_THREADS = 32  # footers read at once: object stores answer each request slowly, but many at a time
-# Files scanned as one pyarrow dataset: a dataset keeps every footer it read (about 85 KB per data file, measured:
-# 670 MiB for the 7,800 files of 1 M rows), so the files are scanned this many at a time and their footers let go.
+READ_THREADS = 32  # files read at once: object stores answer each request slowly, but many at a time
+# Files whose ledger is gathered before it goes into the workspace (1024 x 128 rows: about 20 MB).
 FILES_PER_SCAN = 1024
 
 
@@ -45,49 +45,43 @@ def _threads(count: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max(1, min(READ_THREADS, count)))
 
 
-def _dataset(layout: DatasetLayout, kind: str, files: list[str]) -> pads.Dataset:
-    """The ledger's columns of `files` (all DATA_DIR or all REJECTS_DIR), every footer's schema version checked."""
-    source = SAMPLE_SCHEMA if kind == DATA_DIR else REJECT_SCHEMA
-    names = [n for n in LEDGER_SCHEMA.names if n in source.names]
-    dataset = pads.dataset(files, schema=pa.schema([source.field(n) for n in names]), format="parquet",
-                           filesystem=layout.fs)  # fmt: skip
-    with _threads(len(files)) as pool:
-        list(pool.map(lambda f: check_metadata(f.physical_schema.metadata, f.path), dataset.get_fragments()))
-    return dataset
+def _read(layout: DatasetLayout, path: str) -> pa.Table:
+    """The ledger's columns of one file (LEDGER_SCHEMA), its footer read once: the schema version is checked, then
+    the columns read. A column the file lacks is null: `reason` in data files, `source_version` in schema 1.0 files."""
+    with layout.fs.open_input_file(path) as f:
+        file = pq.ParquetFile(f)
+        check_metadata(file.schema_arrow.metadata, path)
+        present = [n for n in LEDGER_SCHEMA.names if n in file.schema_arrow.names]
+        table = file.read(columns=present)
+    columns = {n: table[n] if n in present else pa.nulls(table.num_rows, pa.string()) for n in LEDGER_SCHEMA.names}
+    return pa.table(columns).cast(LEDGER_SCHEMA)
 
 
-def _parts(
-    layout: DatasetLayout, data: list[str] | None, rejects: list[str] | None
-) -> Iterator[tuple[str, pads.Dataset]]:
-    """(kind, dataset) of at most FILES_PER_SCAN files at a time, the given files by default all of the dataset's."""
+def _parts(layout: DatasetLayout, data: list[str] | None, rejects: list[str] | None) -> Iterator[pa.Table]:
+    """The ledger of the given files (by default all of the dataset's), FILES_PER_SCAN files at a time, each file
+    read on a thread pool."""
     data = layout.parquet_files(DATA_DIR) if data is None else data
     rejects = layout.parquet_files(REJECTS_DIR) if rejects is None else rejects
-    for kind, files in ((DATA_DIR, data), (REJECTS_DIR, rejects)):
+    files = data + rejects
+    with _threads(len(files)) as pool:
         for start in range(0, len(files), FILES_PER_SCAN):
-            yield kind, _dataset(layout, kind, files[start : start + FILES_PER_SCAN])
+            yield pa.concat_tables(pool.map(partial(_read, layout), files[start : start + FILES_PER_SCAN]))
 
 
 def scan(layout: DatasetLayout, data: list[str] | None = None, rejects: list[str] | None = None) -> pa.Table:
     """Every row and reject in the given files (LEDGER_SCHEMA), by default all of the dataset's, as one table: for
     tests and small datasets (a run loads them into its workspace instead, `load`)."""
-    parts = []
-    for kind, dataset in _parts(layout, data, rejects):
-        table = dataset.to_table()
-        if kind == DATA_DIR:
-            table = table.append_column("reason", pa.nulls(table.num_rows, pa.string()))
-        parts.append(table.cast(LEDGER_SCHEMA))
-    return pa.concat_tables(parts) if parts else LEDGER_SCHEMA.empty_table()
+    return pa.concat_tables([LEDGER_SCHEMA.empty_table(), *_parts(layout, data, rejects)])
 
 
 def load(ws: Workspace, layout: DatasetLayout, data: list[str] | None = None, rejects: list[str] | None = None,
          table: str = "ledger", append: bool = False) -> None:  # fmt: skip
     """Workspace table `table` (LEDGER_SCHEMA) from the given files, by default all of the dataset's, or their
-    entries added to it when `append`. DuckDB scans the files through pyarrow (any filesystem), on its threads."""
+    entries added to it when `append`."""
     if not append:
         ws.load(table, LEDGER_SCHEMA.empty_table())
-    for kind, dataset in _parts(layout, data, rejects):
-        reason = "NULL::VARCHAR AS reason" if kind == DATA_DIR else "reason"
-        ws.load(table, dataset, append=True, columns=f"source_uri, sample_id, source_version, {reason}")
+    for part in _parts(layout, data, rejects):
+        ws.load(table, part, append=True)
 
 
 def changed(ws: Workspace) -> pa.Array:

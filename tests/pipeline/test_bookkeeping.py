@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -23,7 +25,7 @@ from pipeline.ledger import LEDGER_SCHEMA, counts, scan
 from pipeline.read_bytes import ATTEMPTS, read_input
 from pipeline.runner import run_preprocess
 from pipeline.stage import NOT_DONE, NotDone, Reject
-from pipeline.workspace import Workspace
+from pipeline.workspace import PREFIX, Workspace
 from pipeline.write import ShardWriter, reject_rows
 from schemas import open_dataset
 from schemas.layout import DatasetLayout
@@ -212,6 +214,18 @@ def test_the_workspace_honours_its_memory_limit_and_spills_past_it(tmp_path: Pat
         assert ws.count("SELECT * FROM big ANTI JOIN (SELECT uri FROM big WHERE n % 2 = 0) USING (uri)") == rows // 2
         folder = ws.folder
     assert not os.path.exists(folder)  # closed: database and spill files gone
+
+
+def test_a_workspace_left_by_a_killed_run_is_deleted_by_the_next_one(tmp_path: Path) -> None:
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = tmp_path / f"{PREFIX}{int(finished.stdout)}-abc"  # a run whose process is gone
+    live = tmp_path / f"{PREFIX}{os.getpid()}-def"  # a run of a live process (this one)
+    other = tmp_path / "someone-elses"
+    for folder in (dead, live, other):
+        (folder / "spill").mkdir(parents=True)
+    with Workspace(BookkeepingConfig(temp_dir=str(tmp_path))) as ws:
+        assert Path(ws.folder).name.startswith(f"{PREFIX}{os.getpid()}-")
+    assert not dead.exists() and live.exists() and other.exists()
 
 
 @pytest.mark.slow

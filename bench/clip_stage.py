@@ -50,7 +50,7 @@ CLIP_CONFIGS = REPO / "pipeline" / "clip_configs"  # the project's small open_cl
 REPEATS = 3  # stage passes; the median is reported
 WARMUP_PASSES = 2  # bare encoding passes before the timing (cuDNN/cuBLAS autotuning, allocator, CPU caches)
 BARE_SECONDS = 5.0  # bare encoding is timed over at least this long
-TASKS_PER_CPU = 4  # read blocks per CPU, as pipeline.plan cuts the main pass: decode tasks keep every CPU busy
+TASKS_PER_CPU = 4  # read blocks per CPU, as pipeline.blocks cuts the main pass: decode tasks keep every CPU busy
 
 if str(REPO) not in sys.path:  # run as a script from anywhere: the checkout's packages come first
     sys.path.insert(0, str(REPO))

@@ -8,8 +8,10 @@ ones with the bytes of an existing row). Each measurement runs in a fresh proces
 - `plain`: `pyarrow.dataset.dataset(files).to_table(columns=["source_uri", "sample_id"])`, once;
 - `bookkeeping`: what `rdtf preprocess` does around its Ray passes, with the same functions: discovery of the manifest,
   the ledger scan, changed inputs, the anti-join for what is still to do, duplicates against this run and the
-  dataset, the driver's rejects, the main pass's input table, the scan after the run, the accounting check (URIs and
-  sample ids) and the card's counts. The hash pass's output is made up (sample ids for the new inputs).
+  dataset, the driver's rejects, the passes' input blocks (Parquet files of the to-do list and of the main pass's
+  input, as the run writes them for Ray to read), the main pass's summary rows, the scan after the run, the
+  accounting check (URIs and sample ids) and the card's counts, all in the run's DuckDB workspace under
+  --memory-mb (bookkeeping.memory_mb). The hash pass's output is made up (sample ids for the new inputs).
 Reported: seconds and the process's peak resident memory above its baseline after imports, per size, as ratios to
 `plain`, and a linear fit projected to 10 M and 100 M inputs. Results: docs/benchmarks.md, "Bookkeeping at scale".
 """
@@ -30,6 +32,8 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from provenance import code_version, machine  # noqa: E402
+
+from pipeline.config import BookkeepingConfig  # noqa: E402
 
 
 def sample_id(n: int) -> str:
@@ -89,50 +93,75 @@ def plain(folder: Path) -> dict:
     return {"rows": table.num_rows}
 
 
-def bookkeeping(folder: Path, rows_per_shard: int) -> dict:
+def bookkeeping(folder: Path, rows_per_shard: int, memory_mb: int) -> dict:
+    import shutil
+
     import pyarrow as pa
-    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
+    from pipeline import ledger
+    from pipeline.blocks import block_rows, cut, write_blocks
     from pipeline.card import count_outputs
-    from pipeline.config import InputConfig
+    from pipeline.config import BookkeepingConfig, InputConfig
     from pipeline.dedupe import duplicates
     from pipeline.discover import discover
-    from pipeline.ledger import rows, scan
-    from pipeline.runner import HASH_OUTPUT, INPUT_COLUMNS, _changed, _check_accounting, _early_rejects
+    from pipeline.runner import EARLY_REJECTS, HASH_OUTPUT, HASH_ROWS_PER_TASK, RESULTS, WORK
+    from pipeline.stage import NOT_DONE
+    from pipeline.workspace import Workspace
     from schemas.layout import DATA_DIR, DatasetLayout
 
     layout = DatasetLayout.at(str(folder / "dataset"))
-    items = discover([str(folder / "manifest.parquet")], InputConfig())
-    ledger = scan(layout)
-    changed = _changed(items, ledger)
-    todo = items.join(ledger.select(["source_uri"]), "source_uri", join_type="left anti").sort_by("source_uri")
-    made_up = pq.read_table(folder / "hashed.parquet")  # the hash pass's output (bench: made in `make`)
-    hashed = pa.table(
-        {
-            "source_uri": made_up["source_uri"], "sample_id": made_up["sample_id"],
-            "num_bytes": pa.array([1000] * made_up.num_rows, pa.int64()),
-            **{c: pa.nulls(made_up.num_rows, pa.string()) for c in HASH_OUTPUT.names[3:]},
-        },
-        schema=HASH_OUTPUT,
-    )  # fmt: skip
-    readable = hashed.filter(pc.is_null(hashed["reject_reason"]))
-    dupes = duplicates(readable, rows(ledger))
-    early = _early_rejects(hashed, dupes)
-    kept = readable.join(dupes.select(["source_uri"]), "source_uri", join_type="left anti")
-    work = kept.join(todo.select(["source_uri", "caption", "source_id"]), "source_uri").sort_by("source_uri")
-    work = work.select(list(INPUT_COLUMNS))
-    # After the run: its own files are scanned. The run wrote none here, so as many existing files as it would
-    # have written are scanned instead (timing only), and the check counts the new inputs as not done.
-    written = layout.parquet_files(DATA_DIR)[: -(-todo.num_rows // rows_per_shard)]
-    scan(layout, written, [])
-    _check_accounting(ledger, items, todo["source_uri"].combine_chunks())
-    counts = count_outputs(ledger, layout)
-    return {"inputs": items.num_rows, "todo": todo.num_rows, "changed": len(changed), "duplicates": dupes.num_rows,
-            "early_rejects": early.num_rows, "main_pass_rows": work.num_rows, "rows": counts["rows"]}  # fmt: skip
+    blocks = folder / "blocks"  # where a run writes its passes' input (its staging folder); kept out of the dataset
+    shutil.rmtree(blocks, ignore_errors=True)
+    cpus = 2  # the block count of a 2-CPU cluster; it matters only below 8 x rows_per_shard inputs
+    with Workspace(BookkeepingConfig(memory_mb=memory_mb)) as ws:
+        inputs = discover([str(folder / "manifest.parquet")], InputConfig(), ws)
+        ledger.load(ws, layout)
+        changed = ledger.changed(ws)
+        ws.create("todo", ledger.TODO)
+        todo = ws.count("SELECT * FROM todo")
+        size = block_rows(todo, HASH_ROWS_PER_TASK, cpus)
+        hash_blocks = write_blocks(ws.reader("SELECT source_uri FROM todo ORDER BY source_uri"), size, layout.fs,
+                                   str(blocks / "hash"))  # fmt: skip
+        # The hash pass's output, made up (in `make`), added batch by batch as the pass's batches would be.
+        with ws.appender("hashed", HASH_OUTPUT) as hashed:
+            for batch in pq.ParquetFile(folder / "hashed.parquet").iter_batches(HASH_ROWS_PER_TASK):
+                n = batch.num_rows
+                made_up = {"source_uri": batch["source_uri"], "sample_id": batch["sample_id"],
+                           "num_bytes": pa.array([1000] * n, pa.int64()),
+                           **{c: pa.nulls(n, pa.string()) for c in HASH_OUTPUT.names[3:]}}  # fmt: skip
+                hashed.add(pa.table(made_up, schema=HASH_OUTPUT))
+        readable = "SELECT * FROM hashed WHERE reject_reason IS NULL"
+        ws.create("duplicates", duplicates(readable, "SELECT source_uri, sample_id FROM ledger WHERE reason IS NULL"))
+        early = ws.reader(f"{EARLY_REJECTS} ORDER BY source_uri", not_done=NOT_DONE)
+        early_rejects = sum(shard.num_rows for shard in cut(early, rows_per_shard))  # written by a run; counted here
+        work = ws.count(WORK)
+        main_blocks = write_blocks(ws.reader(f"{WORK} ORDER BY source_uri"), block_rows(work, rows_per_shard, cpus),
+                                   layout.fs, str(blocks / "main"))  # fmt: skip
+        # The main pass's summary rows, one batch per block, as they come back to a run's driver: all written.
+        with ws.appender("results", RESULTS) as results:
+            for path in dict.fromkeys(block.path for block in main_blocks):
+                file = pq.ParquetFile(path)
+                for group in range(file.num_row_groups):
+                    uris = file.read_row_group(group, columns=["source_uri"])["source_uri"]
+                    results.add(pa.table({"source_uri": uris, "reject_reason": pa.nulls(len(uris), pa.string())}))
+        # After the run: its own files are scanned. The run wrote none here, so as many existing files as it would
+        # have written are scanned instead (into a table of their own: timing only), and the check counts the
+        # inputs still to do as not done.
+        written = layout.parquet_files(DATA_DIR)[: len(main_blocks)]
+        ledger.load(ws, layout, written, [], table="scanned_after")
+        ws.create("not_done", "SELECT source_uri FROM todo")
+        ledger.check_accounting(ws, "SELECT source_uri FROM not_done")
+        counts = count_outputs(*ledger.counts(ws), layout)
+        dupes = ws.count("SELECT * FROM duplicates")
+        disk = sum(p.stat().st_size for p in Path(ws.folder).rglob("*") if p.is_file())
+    shutil.rmtree(blocks, ignore_errors=True)
+    return {"inputs": inputs, "todo": todo, "changed": len(changed), "hash_blocks": len(hash_blocks),
+            "duplicates": dupes, "early_rejects": early_rejects, "main_pass_rows": work,
+            "main_blocks": len(main_blocks), "rows": counts["rows"], "workspace_bytes": disk}  # fmt: skip
 
 
-def measure(kind: str, folder: Path, rows_per_shard: int) -> dict:
+def measure(kind: str, folder: Path, rows_per_shard: int, memory_mb: int) -> dict:
     """Run `kind` in this process: seconds and peak RSS above the baseline after imports."""
     import pyarrow  # noqa: F401  the baseline includes the libraries both kinds load
 
@@ -140,15 +169,15 @@ def measure(kind: str, folder: Path, rows_per_shard: int) -> dict:
 
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     started = time.perf_counter()
-    result = plain(folder) if kind == "plain" else bookkeeping(folder, rows_per_shard)
+    result = plain(folder) if kind == "plain" else bookkeeping(folder, rows_per_shard, memory_mb)
     seconds = time.perf_counter() - started
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return result | {"seconds": seconds, "peak_bytes": peak - base}
 
 
-def fresh(kind: str, folder: Path, rows_per_shard: int) -> dict:
+def fresh(kind: str, folder: Path, rows_per_shard: int, memory_mb: int) -> dict:
     command = [sys.executable, __file__, "--measure", kind, "--out", str(folder)]
-    command += ["--rows-per-shard", str(rows_per_shard)]
+    command += ["--rows-per-shard", str(rows_per_shard), "--memory-mb", str(memory_mb)]
     done = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
     if done.returncode:
         raise RuntimeError(f"{kind} failed:\n{done.stderr[-3000:]}")
@@ -169,10 +198,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 300_000, 1_000_000])
     parser.add_argument("--rows-per-shard", type=int, default=128, help="rows per Parquet file, as rdtf writes (128)")
     parser.add_argument("--out", type=Path, required=True, help="work folder (datasets are kept for re-runs)")
+    parser.add_argument("--memory-mb", type=int, default=BookkeepingConfig.memory_mb, help="bookkeeping.memory_mb")
     parser.add_argument("--measure", choices=["plain", "bookkeeping"], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.measure:
-        print(json.dumps(measure(args.measure, args.out, args.rows_per_shard)))
+        print(json.dumps(measure(args.measure, args.out, args.rows_per_shard, args.memory_mb)))
         return 0
     results = []
     for size in args.sizes:
@@ -181,11 +211,14 @@ def main(argv: list[str] | None = None) -> int:
             started = time.perf_counter()
             make(folder, size, args.rows_per_shard)
             print(f"made {size} rows in {time.perf_counter() - started:.0f} s", flush=True)
-        measured = {kind: fresh(kind, folder, args.rows_per_shard) for kind in ("plain", "bookkeeping")}
+        measured = {kind: fresh(kind, folder, args.rows_per_shard, args.memory_mb) for kind in ("plain", "bookkeeping")}
         results.append({"size": size} | measured)
         print(json.dumps(results[-1]), flush=True)
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    lines = [f"machine: {machine('no GPU')}; code: {code_version()}; {stamp}", ""]
+    lines = [
+        f"machine: {machine('no GPU')}; code: {code_version()}; {stamp}; bookkeeping.memory_mb {args.memory_mb}",
+        "",
+    ]
     lines += ["| inputs | plain scan | bookkeeping | ratio | plain peak | bookkeeping peak | ratio |"]
     lines += ["|---|---|---|---|---|---|---|"]
     for r in results:

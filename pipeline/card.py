@@ -6,10 +6,6 @@ import time
 from importlib.metadata import version
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.compute as pc
-
-from pipeline.ledger import rows
 from schemas.dataset import SCHEMA_VERSION
 from schemas.frames import FRAME_FORMAT
 from schemas.layout import DATA_DIR, REJECTS_DIR, DatasetLayout
@@ -19,17 +15,15 @@ def software_version() -> str:
     return version("rdtf")
 
 
-def count_outputs(ledger: pa.Table, layout: DatasetLayout) -> dict[str, Any]:
-    """Counts from the scan of the files themselves (pipeline.ledger), so they are right after any number of
-    resumed runs."""
-    reasons = pc.value_counts(ledger["reason"].drop_null()).to_pylist()
-    by_reason = {r["values"]: r["counts"] for r in sorted(reasons, key=lambda r: r["values"])}
-    count = rows(ledger).num_rows
+def count_outputs(rows: int, rejects_by_reason: dict[str, int], layout: DatasetLayout) -> dict[str, Any]:
+    """The card's counts, from the ledger of the files themselves (pipeline.ledger.counts), so they are right after
+    any number of resumed runs."""
+    rejects = sum(rejects_by_reason.values())
     return {
-        "rows": count,
-        "rejects": sum(by_reason.values()),
-        "inputs": count + sum(by_reason.values()),
-        "rejects_by_reason": by_reason,
+        "rows": rows,
+        "rejects": rejects,
+        "inputs": rows + rejects,
+        "rejects_by_reason": dict(sorted(rejects_by_reason.items())),
         "files": {"data": len(layout.parquet_files(DATA_DIR)), "rejects": len(layout.parquet_files(REJECTS_DIR))},
     }
 

@@ -128,6 +128,22 @@ class RayConfig:
 
 
 @dataclass
+class BookkeepingConfig:
+    """Where the driver keeps its lists (inputs, ledger, hashes, duplicates): a DuckDB database in a local temporary
+    folder (pipeline/workspace.py), so that its memory stays bounded whatever the number of inputs."""
+
+    # DuckDB's memory_limit, MiB: joins, group-bys and sorts past it spill to temp_dir. The driver's peak is about
+    # this plus Python, pyarrow and Ray's client (docs/benchmarks.md, "Bookkeeping at scale").
+    memory_mb: int = 512
+    threads: int | None = None  # DuckDB's worker threads; None: one per core of this machine
+    temp_dir: str | None = None  # local folder for the database and its spill files; None: the system's temp folder
+
+    def __post_init__(self) -> None:
+        require(self.memory_mb >= 64, "bookkeeping.memory_mb", f"must be at least 64, got {self.memory_mb}")
+        require(self.threads is None or self.threads >= 1, "bookkeeping.threads", "must be at least 1 (or null)")
+
+
+@dataclass
 class ClipConfig:
     """The CLIP stage (docs/clip.md): embeddings, caption scores, zero-shot tags, captions and near-duplicates."""
 
@@ -197,3 +213,4 @@ class PreprocessConfig:
     difficulty: DifficultyConfig = field(default_factory=DifficultyConfig)
     clip: ClipConfig = field(default_factory=ClipConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+    bookkeeping: BookkeepingConfig = field(default_factory=BookkeepingConfig)

@@ -1,9 +1,10 @@
 """Find the inputs of a job: folders (recursive), globs and manifests (CSV, JSONL, Parquet), local or remote.
 
-The result is one Arrow table (INPUT_SCHEMA), one row per distinct source URI with the caption and id a manifest gave
-it, sorted by URI, so that every later decision (which duplicate is kept, how inputs are cut into tasks) is
-independent of listing order. It stays columnar from the manifest to the Ray dataset: at 10 M inputs a Python object
-per input would cost the driver gigabytes. Folder and glob listings also record `source_version` (size and
+The result is the workspace table `inputs` (INPUT_SCHEMA), one row per distinct source URI with the caption and id a
+manifest gave it; every later decision (which duplicate is kept, how inputs are cut into tasks) sorts by URI, so it
+is independent of listing order. The listing streams into the workspace (pipeline/workspace.py) a folder or a
+manifest batch at a time, columnar from the manifest on: at 10 M inputs a Python object per input, or the whole
+list in Arrow, would cost the driver gigabytes. Folder and glob listings also record `source_version` (size and
 modification time), which is how a re-run notices an input replaced in place.
 """
 
@@ -12,8 +13,8 @@ from __future__ import annotations
 import csv
 import fnmatch
 import glob as globlib
-import io
 import os
+from collections.abc import Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -24,9 +25,11 @@ import pyarrow.parquet as pq
 
 from pipeline.config import InputConfig
 from pipeline.read_bytes import file_version
+from pipeline.workspace import Workspace
 from schemas.layout import SCHEMES, UnsafeURIError, check_uri, resolve
 
 MANIFEST_SUFFIXES = (".csv", ".jsonl", ".json", ".parquet")
+MANIFEST_BATCH = 65_536  # manifest rows read at a time
 PATH_COLUMNS = ("uri", "path", "file", "source_uri")
 CAPTION_COLUMNS = ("caption", "text")
 ID_COLUMNS = ("id",)
@@ -64,9 +67,13 @@ def _listed(infos: list[pafs.FileInfo], template: str, keep) -> pa.Table:
     )
 
 
-def _list_folder(uri: str, fs: pafs.FileSystem, path: str, cfg: InputConfig) -> pa.Table:
-    infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
-    return _listed(infos, uri, lambda i: _has_extension(i.base_name, cfg.extensions))
+def _list_folder(uri: str, fs: pafs.FileSystem, path: str, cfg: InputConfig) -> Iterator[pa.Table]:
+    """One table per folder of the tree: the driver holds one folder's listing at a time, not the whole tree's."""
+    folders = [path]
+    while folders:
+        infos = fs.get_file_info(pafs.FileSelector(folders.pop()))
+        folders += [i.path for i in infos if i.type == pafs.FileType.Directory]
+        yield _listed(infos, uri, lambda i: _has_extension(i.base_name, cfg.extensions))
 
 
 def _expand_glob(pattern: str, cfg: InputConfig) -> pa.Table:
@@ -81,17 +88,25 @@ def _expand_glob(pattern: str, cfg: InputConfig) -> pa.Table:
     return _listed(infos, pattern, lambda i: fnmatch.fnmatch(i.path, path))
 
 
-def _read_manifest(fs: pafs.FileSystem, path: str) -> pa.Table:
-    with fs.open_input_file(path) as f:
-        if path.endswith(".parquet"):
-            return pq.read_table(f)
-        if not path.endswith(".csv"):
-            return pajson.read_json(f)
-        data = f.read()
-    # Every CSV column as text: ids like 007 and captions like "1" must not become numbers.
-    header = next(csv.reader([data.split(b"\n", 1)[0].decode()]), [])
-    text = pacsv.ConvertOptions(strings_can_be_null=True, column_types={name: pa.string() for name in header})
-    return pacsv.read_csv(io.BytesIO(data), convert_options=text)
+def _read_manifest(fs: pafs.FileSystem, path: str) -> Iterator[pa.Table]:
+    """The manifest in tables of about MANIFEST_BATCH rows (one table for JSON, which pyarrow reads only whole when
+    a column's type may change along the file)."""
+    if path.endswith(".parquet"):
+        with fs.open_input_file(path) as f:
+            for batch in pq.ParquetFile(f).iter_batches(MANIFEST_BATCH):
+                yield pa.Table.from_batches([batch])
+    elif path.endswith(".csv"):
+        with fs.open_input_stream(path) as f:
+            first = f.read(1 << 20).split(b"\n", 1)[0]
+        # Every CSV column as text: ids like 007 and captions like "1" must not become numbers.
+        header = next(csv.reader([first.decode()]), [])
+        text = pacsv.ConvertOptions(strings_can_be_null=True, column_types={name: pa.string() for name in header})
+        with fs.open_input_stream(path) as f:
+            for batch in pacsv.open_csv(f, read_options=pacsv.ReadOptions(block_size=1 << 24), convert_options=text):
+                yield pa.Table.from_batches([batch])
+    else:
+        with fs.open_input_file(path) as f:
+            yield pajson.read_json(f)
 
 
 def _pick(columns: list[str], chosen: str | None, defaults: tuple[str, ...], what: str, manifest: str) -> str | None:
@@ -124,80 +139,87 @@ def _absolute(names: pa.ChunkedArray, base: str) -> pa.ChunkedArray:
     return pa.chunked_array([pa.array(values, pa.string())])
 
 
-def _from_manifest(uri: str, fs: pafs.FileSystem, path: str, cfg: InputConfig) -> pa.Table:
-    table = _read_manifest(fs, path)
-    columns = table.column_names
-    path_col = _pick(columns, cfg.path_column, PATH_COLUMNS, "path", uri)
-    if path_col is None:
-        raise InputError(
-            f"manifest {uri} has no path column: name one of {list(PATH_COLUMNS)} or pass --path-column "
-            f"(its columns are {columns})"
-        )
-    caption_col = _pick(columns, cfg.caption_column, CAPTION_COLUMNS, "caption", uri)
-    id_col = _pick(columns, cfg.id_column, ID_COLUMNS, "id", uri)
-    names = _text(table[path_col], table.num_rows)
-    present = pc.is_valid(names)
-    table, names = table.filter(present), names.filter(present)
+def _from_manifest(uri: str, fs: pafs.FileSystem, path: str, cfg: InputConfig) -> Iterator[pa.Table]:
     base = uri.rsplit("/", 1)[0] if "://" in uri else os.path.dirname(os.path.abspath(uri))
-    return pa.table(
-        {
-            "source_uri": _absolute(names, base),
-            "caption": _text(table[caption_col] if caption_col else None, table.num_rows),
-            "source_id": _text(table[id_col] if id_col else None, table.num_rows),
-            "source_version": pa.nulls(table.num_rows, pa.string()),  # a manifest says nothing of the content
-        },
-        schema=INPUT_SCHEMA,
-    )
+    for table in _read_manifest(fs, path):
+        columns = table.column_names
+        path_col = _pick(columns, cfg.path_column, PATH_COLUMNS, "path", uri)
+        if path_col is None:
+            raise InputError(
+                f"manifest {uri} has no path column: name one of {list(PATH_COLUMNS)} or pass --path-column "
+                f"(its columns are {columns})"
+            )
+        caption_col = _pick(columns, cfg.caption_column, CAPTION_COLUMNS, "caption", uri)
+        id_col = _pick(columns, cfg.id_column, ID_COLUMNS, "id", uri)
+        names = _text(table[path_col], table.num_rows)
+        present = pc.is_valid(names)
+        table, names = table.filter(present), names.filter(present)
+        yield pa.table(
+            {
+                "source_uri": _absolute(names, base),
+                "caption": _text(table[caption_col] if caption_col else None, table.num_rows),
+                "source_id": _text(table[id_col] if id_col else None, table.num_rows),
+                "source_version": pa.nulls(table.num_rows, pa.string()),  # a manifest says nothing of the content
+            },
+            schema=INPUT_SCHEMA,
+        )
 
 
-def _refuse_unsafe(uris: pa.ChunkedArray) -> None:
-    """Every URI checked at once (the rule of schemas.layout.check_uri): one error naming a few, before any I/O."""
+def _unsafe(uris: pa.ChunkedArray | pa.Array) -> tuple[int, str | None]:
+    """How many of `uris` break the rule of schemas.layout.check_uri, and the first of them; checked columnar."""
     remote = pc.match_substring(uris, "://")
     if not pc.any(remote).as_py():
-        return
+        return 0, None
     scheme = pc.utf8_lower(pc.struct_field(pc.extract_regex(uris, r"^(?P<s>[^:/]*)://"), [0]))
     known = pc.is_in(scheme, value_set=pa.array(SCHEMES))
     tainted = pc.or_(pc.match_substring(uris, "?"), pc.match_substring(uris, "#"))
     bad = pc.and_(remote, pc.or_(pc.invert(known), tainted))
     count = pc.sum(bad).as_py() or 0
-    if count:
-        first = uris.filter(bad)[0].as_py()
-        try:
-            check_uri(first)
-        except UnsafeURIError as error:
-            raise InputError(f"{count} input(s) refused, e.g. {error}. Remove or fix them, then run again.") from None
+    return count, uris.filter(bad)[0].as_py() if count else None
 
 
-def discover(inputs: list[str], cfg: InputConfig) -> pa.Table:
-    """Expand every INPUT argument into distinct inputs (INPUT_SCHEMA) sorted by URI.
-
-    A URI named twice is one input; its caption, id and version come from its first mention that has them.
-    """
-    parts = []
+def _listing(inputs: list[str], cfg: InputConfig) -> Iterator[pa.Table]:
+    """Every INPUT argument expanded, in order, as INPUT_SCHEMA tables (a URI may occur more than once)."""
     for arg in inputs:
         try:
             check_uri(arg)
         except UnsafeURIError as error:
             raise InputError(str(error)) from None
         if any(ch in arg for ch in "*?["):
-            parts.append(_expand_glob(arg, cfg))
+            yield _expand_glob(arg, cfg)
             continue
         fs, path = resolve(arg)
         info = fs.get_file_info(path)
         if info.type == pafs.FileType.Directory:
-            parts.append(_list_folder(arg, fs, path, cfg))
+            yield from _list_folder(arg, fs, path, cfg)
         elif info.type == pafs.FileType.File and path.lower().endswith(MANIFEST_SUFFIXES):
-            parts.append(_from_manifest(arg, fs, path, cfg))
+            yield from _from_manifest(arg, fs, path, cfg)
         elif info.type == pafs.FileType.File:
-            parts.append(_listed([info], arg, lambda i: True))
+            yield _listed([info], arg, lambda i: True)
         else:
             raise InputError(f"input {arg} does not exist: name a folder, a glob, a manifest or a file")
-    table = pa.concat_tables(parts) if parts else INPUT_SCHEMA.empty_table()
-    _refuse_unsafe(table["source_uri"])
-    if table.num_rows:
-        # One row per URI; "first" keeps the earliest non-null value (in order: use_threads=False).
-        firsts = [(c, "first") for c in INPUT_SCHEMA.names[1:]]
-        table = table.group_by("source_uri", use_threads=False).aggregate(firsts)
-        table = table.select(["source_uri", *(f"{c}_first" for c in INPUT_SCHEMA.names[1:])])
-        table = table.rename_columns(INPUT_SCHEMA.names)
-    return table.sort_by("source_uri").cast(INPUT_SCHEMA)
+
+
+def discover(inputs: list[str], cfg: InputConfig, ws: Workspace) -> int:
+    """Expand every INPUT argument into the workspace table `inputs` (INPUT_SCHEMA), one row per distinct URI;
+    return how many. Every URI is checked before any input is read: one error names how many are refused.
+
+    A URI named twice is one input; its caption, id and version come from its first mention that has them.
+    """
+    listed = pa.schema([*INPUT_SCHEMA, ("mention", pa.int64())])  # the order of mentions, for "first"
+    refused, example, mentions = 0, None, 0
+    with ws.appender("listed", listed) as appender:
+        for part in _listing(inputs, cfg):
+            count, first = _unsafe(part["source_uri"])
+            refused, example = refused + count, example or first
+            appender.add(part.append_column("mention", pa.arange(mentions, mentions + part.num_rows)))
+            mentions += part.num_rows
+    if refused:
+        try:
+            check_uri(example or "")
+        except UnsafeURIError as error:
+            raise InputError(f"{refused} input(s) refused, e.g. {error}. Remove or fix them, then run again.") from None
+    firsts = ", ".join(f"arg_min({c}, mention) FILTER (WHERE {c} IS NOT NULL) AS {c}" for c in INPUT_SCHEMA.names[1:])
+    ws.create("inputs", f"SELECT source_uri, {firsts} FROM listed GROUP BY source_uri")
+    ws.execute("DROP TABLE listed")
+    return ws.count("SELECT * FROM inputs")

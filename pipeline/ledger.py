@@ -1,21 +1,27 @@
-"""What a dataset folder already accounts for: every input that is a row or a reject there, as one Arrow table.
+"""What a dataset folder already accounts for: every input that is a row or a reject there, the ledger.
 
 This is how a re-run resumes: it skips these inputs, so a killed job finishes without duplicating or dropping
-anything, and a finished job's re-run adds nothing. The scan reads three or four short columns of every file through
-`pyarrow.dataset` (threaded), after checking every file's schema version from its footer on a thread pool (the scan
-reuses the footers read). A run scans the output once, at its start; what it wrote itself is scanned after it, for
-the accounting check (bench/scale.py measures both at 1 M rows).
+anything, and a finished job's re-run adds nothing. The scan reads each file's footer once, on a thread pool: it
+checks the schema version, then reads four short columns (a pyarrow dataset would read every footer again, and keep
+them all: 670 MiB for the 7,800 files of 1 M rows, measured); a thousand files at a time go into the run's workspace
+(pipeline/workspace.py), so the driver never holds the ledger. A run scans the output once, at its start; what it
+wrote itself is scanned after it and added, for the accounting check (bench/scale.py measures both at 1 M rows).
+
+Workspace tables: `inputs` (pipeline.discover.INPUT_SCHEMA) and `ledger` (LEDGER_SCHEMA).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
+from pipeline.workspace import Workspace
 from pipeline.write import write_table
 from schemas.dataset import REJECT_SCHEMA, SAMPLE_SCHEMA
 from schemas.layout import DATA_DIR, REJECTS_DIR, DatasetLayout
@@ -30,41 +36,96 @@ LEDGER_SCHEMA = pa.schema(
         ("reason", pa.string()),
     ]
 )
-READ_THREADS = 32  # footers read at once: object stores answer each request slowly, but many at a time
+READ_THREADS = 32  # files read at once: object stores answer each request slowly, but many at a time
+# Files whose ledger is gathered before it goes into the workspace (1024 x 128 rows: about 20 MB).
+FILES_PER_SCAN = 1024
 
 
 def _threads(count: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max(1, min(READ_THREADS, count)))
 
 
-def _scan_kind(layout: DatasetLayout, kind: str, files: list[str]) -> pa.Table:
-    source = SAMPLE_SCHEMA if kind == DATA_DIR else REJECT_SCHEMA
-    names = [n for n in LEDGER_SCHEMA.names if n in source.names]
-    dataset = pads.dataset(files, schema=pa.schema([source.field(n) for n in names]), format="parquet",
-                           filesystem=layout.fs)  # fmt: skip
+def _read(layout: DatasetLayout, path: str) -> pa.Table:
+    """The ledger's columns of one file (LEDGER_SCHEMA), its footer read once: the schema version is checked, then
+    the columns read. A column the file lacks is null: `reason` in data files, `source_version` in schema 1.0 files."""
+    with layout.fs.open_input_file(path) as f:
+        file = pq.ParquetFile(f)
+        check_metadata(file.schema_arrow.metadata, path)
+        present = [n for n in LEDGER_SCHEMA.names if n in file.schema_arrow.names]
+        table = file.read(columns=present)
+    columns = {n: table[n] if n in present else pa.nulls(table.num_rows, pa.string()) for n in LEDGER_SCHEMA.names}
+    return pa.table(columns).cast(LEDGER_SCHEMA)
+
+
+def _parts(layout: DatasetLayout, data: list[str] | None, rejects: list[str] | None) -> Iterator[pa.Table]:
+    """The ledger of the given files (by default all of the dataset's), FILES_PER_SCAN files at a time, each file
+    read on a thread pool."""
+    data = layout.parquet_files(DATA_DIR) if data is None else data
+    rejects = layout.parquet_files(REJECTS_DIR) if rejects is None else rejects
+    files = data + rejects
     with _threads(len(files)) as pool:
-        list(pool.map(lambda f: check_metadata(f.physical_schema.metadata, f.path), dataset.get_fragments()))
-    table = dataset.to_table()
-    if kind == DATA_DIR:
-        table = table.append_column("reason", pa.nulls(table.num_rows, pa.string()))
-    return table.cast(LEDGER_SCHEMA)
+        for start in range(0, len(files), FILES_PER_SCAN):
+            yield pa.concat_tables(pool.map(partial(_read, layout), files[start : start + FILES_PER_SCAN]))
 
 
 def scan(layout: DatasetLayout, data: list[str] | None = None, rejects: list[str] | None = None) -> pa.Table:
-    """Every row and reject in the given files (LEDGER_SCHEMA), by default all of the dataset's."""
-    data = layout.parquet_files(DATA_DIR) if data is None else data
-    rejects = layout.parquet_files(REJECTS_DIR) if rejects is None else rejects
-    parts = [_scan_kind(layout, kind, files) for kind, files in ((DATA_DIR, data), (REJECTS_DIR, rejects)) if files]
-    return pa.concat_tables(parts) if parts else LEDGER_SCHEMA.empty_table()
+    """Every row and reject in the given files (LEDGER_SCHEMA), by default all of the dataset's, as one table: for
+    tests and small datasets (a run loads them into its workspace instead, `load`)."""
+    return pa.concat_tables([LEDGER_SCHEMA.empty_table(), *_parts(layout, data, rejects)])
 
 
-def rows(ledger: pa.Table) -> pa.Table:
-    """The dataset's rows, not its rejects."""
-    return ledger.filter(pc.is_null(ledger["reason"]))
+def load(ws: Workspace, layout: DatasetLayout, data: list[str] | None = None, rejects: list[str] | None = None,
+         table: str = "ledger", append: bool = False) -> None:  # fmt: skip
+    """Workspace table `table` (LEDGER_SCHEMA) from the given files, by default all of the dataset's, or their
+    entries added to it when `append`."""
+    if not append:
+        ws.load(table, LEDGER_SCHEMA.empty_table())
+    for part in _parts(layout, data, rejects):
+        ws.load(table, part, append=True)
 
 
-def without(ledger: pa.Table, uris: pa.Array) -> pa.Table:
-    return ledger.filter(pc.invert(pc.is_in(ledger["source_uri"], value_set=uris)))
+def changed(ws: Workspace) -> pa.Array:
+    """URIs of `inputs` whose listed version (size and mtime) differs from the one recorded when they were done.
+    Held on the driver: as many as changed, usually none."""
+    query = """
+        SELECT DISTINCT i.source_uri FROM inputs i JOIN ledger l USING (source_uri)
+        WHERE i.source_version IS NOT NULL AND l.source_version IS NOT NULL AND i.source_version <> l.source_version
+    """  # a manifest says nothing of the content: its inputs' versions are null
+    return ws.sql(query).to_arrow_table()["source_uri"].combine_chunks().cast(pa.string())
+
+
+def forget(ws: Workspace, uris: pa.Array) -> None:
+    """Remove the ledger's entries of `uris` (inputs whose rows `drop_inputs` removed)."""
+    ws.load("_forgotten", pa.table({"source_uri": uris}))
+    ws.execute("DELETE FROM ledger WHERE source_uri IN (SELECT source_uri FROM _forgotten)")
+    ws.execute("DROP TABLE _forgotten")
+
+
+TODO = "SELECT i.* FROM inputs i ANTI JOIN ledger l USING (source_uri)"  # what the output does not account for
+
+
+def check_accounting(ws: Workspace, not_done: str) -> None:
+    """Every input of `inputs` is in the ledger exactly once, unless the query `not_done` (of source_uri) lists it,
+    and no two rows of the dataset share a sample_id. Raises with examples: either would be a bug in rdtf."""
+    named = "SELECT source_uri, count(*) AS n FROM ledger SEMI JOIN inputs USING (source_uri) GROUP BY source_uri"
+    twice = f"SELECT source_uri FROM ({named}) WHERE n > 1"
+    missing = f"SELECT source_uri FROM inputs ANTI JOIN ({named}) USING (source_uri)"
+    missing += f" ANTI JOIN ({not_done}) USING (source_uri)"
+    shared = "SELECT sample_id FROM ledger WHERE reason IS NULL GROUP BY sample_id HAVING count(*) > 1"
+    found = {name: ws.count(query) for name, query in (("missing", missing), ("twice", twice), ("shared", shared))}
+    if any(found.values()):
+        raise RuntimeError(
+            f"accounting check failed: {found['missing']} inputs missing (e.g. {ws.examples(missing)}), "
+            f"{found['twice']} present more than once (e.g. {ws.examples(twice)}), {found['shared']} sample ids on "
+            f"more than one row (e.g. {ws.examples(shared)}). This is a bug in rdtf: please report it."
+        )
+
+
+def counts(ws: Workspace) -> tuple[int, dict[str, int]]:
+    """The ledger's rows, and its rejects by reason (sorted), counted in DuckDB."""
+    found = ws.sql("SELECT reason, count(*) FROM ledger GROUP BY reason").fetchall()
+    by_reason = dict(sorted((reason, n) for reason, n in found if reason is not None))
+    return next((n for reason, n in found if reason is None), 0), by_reason
 
 
 def drop_inputs(layout: DatasetLayout, uris: pa.Array) -> int:

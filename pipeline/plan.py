@@ -11,7 +11,6 @@ untouched, so an actor spends its time in the model, not in copying frames.
 from __future__ import annotations
 
 import io
-import math
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,7 +18,9 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.fs as pafs
 
+from pipeline.blocks import Block, read_blocks
 from pipeline.config import RayConfig
 from pipeline.stage import STATUS_COLUMNS, Resources, Stage
 from schemas.dataset import SAMPLE_SCHEMA
@@ -36,9 +37,6 @@ COLUMN_TYPES: dict[str, pa.DataType] = {
     "encoded_frames": pa.list_(pa.binary()),
     "clip_frame_index": pa.list_(pa.int16()),
 }
-# Cut a pass into at least this many tasks per cluster CPU, so a few slow inputs (large stickers sort together)
-# cannot leave CPUs idle at the end; measured on 299 stickers and 2 CPUs (docs/benchmarks.md).
-TASKS_PER_CPU = 4
 
 
 @dataclass
@@ -193,7 +191,8 @@ def _map_legs(dataset: Any, legs: list[Leg], sink: Any, schema: pa.Schema, rows_
 
 
 def run_stages(
-    rows: pa.Table,
+    blocks: list[Block],
+    fs: pafs.FileSystem,
     stages: list[Stage],
     input_columns: tuple[str, ...],
     sink: Any,
@@ -201,20 +200,11 @@ def run_stages(
     rows_per_task: int,
     max_retries: int = RayConfig.max_retries,
 ) -> Iterator[pa.Table]:
-    """Stream `rows` (an Arrow table holding `input_columns`) through the stages on Ray Data; yield the last leg's
-    output (`schema`) as blocks finish.
-
-    Blocks hold at most `rows_per_task` rows (so a shard never holds more), and there are enough of them to keep
-    every CPU busy.
-    """
-    if rows.num_rows == 0:
+    """Stream the rows of `blocks` (pipeline.blocks.write_blocks, holding `input_columns`) through the stages on
+    Ray Data, one block per task; yield the last leg's output (`schema`) as blocks finish."""
+    if not blocks:
         return
-    import ray
-
-    cpus = int(ray.cluster_resources().get("CPU", 1))
-    blocks = min(rows.num_rows, max(math.ceil(rows.num_rows / rows_per_task), TASKS_PER_CPU * cpus))
-    size = math.ceil(rows.num_rows / blocks)
-    dataset = ray.data.from_arrow([rows.slice(start, size) for start in range(0, rows.num_rows, size)])
+    dataset = read_blocks(blocks, fs)
     yield from map_stages(dataset, stages, input_columns, sink, schema, rows_per_task, max_retries).iter_batches(
         batch_format="pyarrow", batch_size=None
     )

@@ -9,6 +9,13 @@
    keyframes on the CLIP frame embeddings -> write (CPU tasks);
 5. with clip.near_duplicate_threshold: near-duplicates across the whole dataset move to the rejects;
 6. count what the files hold, check that every input is there exactly once, and write the dataset card.
+
+The lists these steps keep (inputs, ledger, hashes, duplicates, what the main pass did) are tables of a workspace
+(pipeline/workspace.py: DuckDB on local disk, under `bookkeeping.memory_mb`), and each Ray pass reads its input from
+Parquet blocks in the run's staging folder (pipeline/blocks.py), so that the driver's memory stays
+about flat in the number of inputs. Workspace tables: `inputs` and `ledger` (pipeline/ledger.py), `todo` (inputs the
+output does not account for), `hashed` (HASH_OUTPUT), `duplicates`, `results` (the main pass's source_uri,
+reject_reason) and `not_done`.
 """
 
 from __future__ import annotations
@@ -30,7 +37,9 @@ import pyarrow.compute as pc
 from tqdm import tqdm
 
 import pipeline
+import pipeline.ledger as ledger
 import schemas
+from pipeline.blocks import Block, block_rows, cut, write_blocks
 from pipeline.card import count_outputs, make_card
 from pipeline.clip import ClipInputStage, ClipSetup, ClipStage, prepare
 from pipeline.clip_models import RANDOM_WARNING
@@ -42,14 +51,13 @@ from pipeline.entropy import EntropyStage
 from pipeline.filters import EntropyFilterStage, MetadataFilterStage
 from pipeline.hash_inputs import HashStage
 from pipeline.keyframes import KeyframeStage
-from pipeline.ledger import drop_inputs, remove_temp_files, rows, scan, without
 from pipeline.lock import OutputLock, OutputLockedError
 from pipeline.near_duplicates import drop_rejected_rows, near_duplicate_pass
 from pipeline.plan import run_stages
 from pipeline.stage import NOT_DONE, STATUS_COLUMNS, Stage, check_chain
+from pipeline.workspace import Workspace
 from pipeline.write import EncodeFramesStage, ShardWriter, clear_staging, publish, write_rejects
 from schemas.config import ConfigError, to_dict
-from schemas.dataset import REJECT_SCHEMA
 from schemas.layout import DATA_DIR, DatasetLayout
 
 log = logging.getLogger("rdtf.preprocess")
@@ -65,7 +73,28 @@ SUMMARY_OUTPUT = pa.schema(
 )
 # Settings that change where and how fast the work runs, never its result: an existing dataset may be resumed with
 # other values (section -> keys; None: the whole section).
-EXECUTION_KEYS: dict[str, tuple[str, ...] | None] = {"ray": None, "clip": ("pool_size", "num_cpus", "num_gpus")}
+EXECUTION_KEYS: dict[str, tuple[str, ...] | None] = {
+    "ray": None,
+    "bookkeeping": None,
+    "clip": ("pool_size", "num_cpus", "num_gpus"),
+}
+RESULTS = pa.schema([("source_uri", pa.string()), ("reject_reason", pa.string())])  # the main pass's, per input
+HASH_ROWS_PER_TASK = 1024  # inputs per hash task: reading and hashing is light, a task's start is not
+# The main pass's input: the readable kept copies, with what the listing said of them.
+WORK = """
+    SELECT h.source_uri, h.sample_id, h.num_bytes, h.source_version, t.caption, t.source_id
+    FROM hashed h JOIN todo t USING (source_uri)
+    WHERE h.reject_reason IS NULL AND h.source_uri NOT IN (SELECT source_uri FROM duplicates)
+"""
+# The driver's rejects (REJECT_SCHEMA): what the hash pass rejected (inputs left NOT_DONE are neither) and duplicates.
+EARLY_REJECTS = """
+    SELECT source_uri, sample_id, source_version, reject_stage AS stage, reject_reason AS reason,
+           reject_message AS message, kept_sample_id
+    FROM hashed WHERE reject_reason IS NOT NULL AND reject_reason <> $not_done
+    UNION ALL
+    SELECT source_uri, sample_id, source_version, 'dedupe', 'duplicate', 'same bytes as ' || kept_uri, sample_id
+    FROM duplicates
+"""
 
 
 @dataclass
@@ -112,6 +141,9 @@ class PreprocessSummary:
             f"dataset: {counts.get('rows', 0)} rows, {counts.get('rejects', 0)} rejects "
             f"in {self.output} (card: {self.output.rstrip('/')}/card.json)"
         )
+        by_reason = counts.get("rejects_by_reason") or {}
+        if by_reason:
+            lines.append("  dataset rejects by reason: " + ", ".join(f"{r} {n}" for r, n in sorted(by_reason.items())))
         return lines
 
 
@@ -205,70 +237,32 @@ def _check_config(layout: DatasetLayout, config: dict[str, Any], clip: ClipSetup
         )
 
 
-def _hash_pass(todo: pa.Table, cfg: PreprocessConfig, show_progress: bool) -> pa.Table:
-    """Every input of `todo` read and hashed on Ray Data: HASH_OUTPUT, as Arrow."""
+def _pass_blocks(ws: Workspace, query: str, layout: DatasetLayout, folder: str, rows_per_task: int) -> list[Block]:
+    """`query`'s rows, sorted by URI, as Parquet blocks in the staging folder `folder` for a Ray pass."""
+    import ray
+
+    size = block_rows(ws.count(query), rows_per_task, int(ray.cluster_resources().get("CPU", 1)))
+    return write_blocks(ws.reader(f"{query} ORDER BY source_uri"), size, layout.fs, folder)
+
+
+def _hash_pass(ws: Workspace, layout: DatasetLayout, run_id: str, cfg: PreprocessConfig, show_progress: bool) -> None:
+    """Every input of `todo` read and hashed on Ray Data, into the workspace table `hashed` (HASH_OUTPUT)."""
     stage = HashStage(cfg.decode.max_file_bytes)
-    batches = []
-    with tqdm(total=todo.num_rows, desc="hashing", unit="input", disable=not show_progress) as bar:
-        uris = todo.select(["source_uri"])
-        for batch in run_stages(uris, [stage], ("source_uri",), None, HASH_OUTPUT, 1024, cfg.ray.max_retries):
-            batches.append(batch)
+    folder = f"{layout.staging_dir(run_id)}/blocks/hash"
+    blocks = _pass_blocks(ws, "SELECT source_uri FROM todo", layout, folder, HASH_ROWS_PER_TASK)
+    passed = run_stages(blocks, layout.fs, [stage], ("source_uri",), None, HASH_OUTPUT, HASH_ROWS_PER_TASK,
+                        cfg.ray.max_retries)  # fmt: skip
+    total = ws.count("SELECT * FROM todo")
+    with ws.appender("hashed", HASH_OUTPUT) as hashed, tqdm(total=total, desc="hashing", unit="input",
+                                                            disable=not show_progress) as bar:  # fmt: skip
+        for batch in passed:
+            hashed.add(batch.cast(HASH_OUTPUT))
             bar.update(batch.num_rows)
-    return pa.concat_tables(batches).cast(HASH_OUTPUT) if batches else HASH_OUTPUT.empty_table()
-
-
-def _early_rejects(hashed: pa.Table, dupes: pa.Table) -> pa.Table:
-    """REJECT_SCHEMA rows for what the hash pass rejected and for the duplicates (NOT_DONE inputs are neither)."""
-    reason = hashed["reject_reason"]
-    failed = hashed.filter(pc.and_(pc.is_valid(reason), pc.not_equal(reason, NOT_DONE)))
-    message = pc.binary_join_element_wise("same bytes as ", dupes["kept_uri"], "")
-    duplicates = pa.table(
-        {
-            "source_uri": dupes["source_uri"],
-            "sample_id": dupes["sample_id"],
-            "source_version": dupes["source_version"],
-            "stage": pa.repeat(pa.scalar("dedupe"), dupes.num_rows),
-            "reason": pa.repeat(pa.scalar("duplicate"), dupes.num_rows),
-            "message": message,
-            "kept_sample_id": dupes["sample_id"],
-        }
-    )
-    columns = {"stage": "reject_stage", "reason": "reject_reason", "message": "reject_message"}
-    failed = failed.select([columns.get(c, c) for c in REJECT_SCHEMA.names]).rename_columns(REJECT_SCHEMA.names)
-    return pa.concat_tables([failed.cast(REJECT_SCHEMA), duplicates.cast(REJECT_SCHEMA)]).sort_by("source_uri")
-
-
-def _changed(items: pa.Table, ledger: pa.Table) -> pa.Array:
-    """URIs whose listed version (size and mtime) differs from the one recorded when they were done."""
-    listed = items.filter(pc.is_valid(items["source_version"])).select(["source_uri", "source_version"])
-    if listed.num_rows == 0:  # a manifest says nothing of the content
-        return pa.array([], pa.string())
-    done = ledger.filter(pc.is_valid(ledger["source_version"])).select(["source_uri", "source_version"])
-    both = listed.join(done.rename_columns(["source_uri", "done_version"]), "source_uri")
-    return pc.unique(both.filter(pc.not_equal(both["source_version"], both["done_version"]))["source_uri"])
 
 
 def _counts(values: pa.ChunkedArray | pa.Array) -> Counter:
     """How many times each non-null value occurs."""
     return Counter({c["values"]: c["counts"] for c in pc.value_counts(values.drop_null()).to_pylist()})
-
-
-def _check_accounting(ledger: pa.Table, inputs: pa.Table, not_done: pa.Array) -> None:
-    """Every input named by this run is a row or a reject exactly once (unless left NOT_DONE), and no two rows of
-    the dataset share a sample_id. Raises with examples: either would be a bug in rdtf."""
-    named = ledger.filter(pc.is_in(ledger["source_uri"], value_set=inputs["source_uri"]))
-    counts = named.group_by("source_uri").aggregate([("source_uri", "count")])
-    twice = counts.filter(pc.greater(counts["source_uri_count"], 1))["source_uri"]
-    expected = inputs.filter(pc.invert(pc.is_in(inputs["source_uri"], value_set=not_done)))
-    missing = expected.join(counts, "source_uri", join_type="left anti")["source_uri"]
-    ids = rows(ledger).group_by("sample_id").aggregate([("sample_id", "count")])
-    shared = ids.filter(pc.greater(ids["sample_id_count"], 1))["sample_id"]
-    if len(missing) or len(twice) or len(shared):
-        raise RuntimeError(
-            f"accounting check failed: {len(missing)} inputs missing (e.g. {missing[:3].to_pylist()}), "
-            f"{len(twice)} present more than once (e.g. {twice[:3].to_pylist()}), {len(shared)} sample ids on more "
-            f"than one row (e.g. {shared[:3].to_pylist()}). This is a bug in rdtf: please report it."
-        )
 
 
 def run_preprocess(
@@ -287,114 +281,132 @@ def run_preprocess(
     elif clip.weights.kind == "random":
         log.warning("WARNING: %s", RANDOM_WARNING)
 
-    # 1. Inputs, minus what the output already accounts for (an input changed since it was done is redone).
-    items = discover(inputs, cfg.inputs)
-    if items.num_rows == 0:
-        raise InputError(f"no inputs found in {inputs} (extensions looked for: {', '.join(cfg.inputs.extensions)})")
-    _check_config(layout, config, clip)
-    run_id = uuid.uuid4().hex
-    with OutputLock(layout, run_id) as lock:  # one writer per output, from here to the card
-        finished_before = (layout.read_card() or {}).get("status") == "complete"
-        if remove_temp_files(layout):
-            log.info("removed half-written files left by a killed run")
-        clear_staging(layout)  # shards of killed runs that were never published: redone below
-        if cfg.clip.near_duplicate_threshold is not None and drop_rejected_rows(layout):
-            log.info("finished moving the near-duplicates that a killed run had rejected")
-        ledger = scan(layout)
-        changed = _changed(items, ledger)
-        if len(changed):
-            log.info("%d inputs changed since they were done: their old rows are replaced", len(changed))
-            drop_inputs(layout, changed)
-            ledger = without(ledger, changed)
-        todo = items.join(ledger.select(["source_uri"]), "source_uri", join_type="left anti")
-        todo = todo.sort_by("source_uri")
-        summary = PreprocessSummary(output, items.num_rows, items.num_rows - todo.num_rows, changed=len(changed))
-        log.info("%d inputs, %d already accounted for, %d to do", items.num_rows, summary.already_done, todo.num_rows)
-        layout.write_card(make_card(config, "running", None, None, clip.card() if clip else None))
+    with Workspace(cfg.bookkeeping) as ws:
+        # 1. Inputs, minus what the output already accounts for (an input changed since it was done is redone).
+        found = discover(inputs, cfg.inputs, ws)
+        if found == 0:
+            raise InputError(f"no inputs found in {inputs} (extensions looked for: {', '.join(cfg.inputs.extensions)})")
+        _check_config(layout, config, clip)
+        run_id = uuid.uuid4().hex
+        with OutputLock(layout, run_id) as lock:  # one writer per output, from here to the card
+            summary, clip = _run(ws, output, run_id, lock, cfg, config, clip, show_progress)
+            summary.seconds = time.monotonic() - start
+            last_run = {
+                "inputs": summary.inputs,
+                "already_done": summary.already_done,
+                "written": summary.written,
+                "rejected": dict(summary.rejected),
+                "changed": summary.changed,
+                "not_done": summary.not_done,
+                "near_duplicates_moved": summary.near_duplicates,
+                "seconds": round(summary.seconds, 2),
+            }
+            counts = count_outputs(*ledger.counts(ws), layout)
+            summary.card = make_card(config, "complete", counts, last_run, clip.card() if clip else None)
+            layout.write_card(summary.card)
+            return summary
 
-        with ray_session(cfg.ray, show_progress):
-            import ray
 
-            if clip is not None:
-                resources = ray.cluster_resources()
-                clip = clip.for_cluster(resources.get("CPU", 0), resources.get("GPU", 0))
-                model, run = clip.weights, clip.cfg
-                summary.clip = f"{model.model} ({model.source} weights) on {run.device}, {run.precision}"
-                if clip.weights.kind == "random":
-                    summary.clip += f" -- WARNING: {RANDOM_WARNING}"
+def _run(
+    ws: Workspace,
+    output: str,
+    run_id: str,
+    lock: OutputLock,
+    cfg: PreprocessConfig,
+    config: dict[str, Any],
+    clip: ClipSetup | None,
+    show_progress: bool,
+) -> tuple[PreprocessSummary, ClipSetup | None]:
+    """Steps 1 (from the scan) to 6 (to the accounting check) of a run that holds the output's lock; returns the
+    summary and the CLIP setup as resolved for the cluster (for the card)."""
+    layout = DatasetLayout.at(output)
+    finished_before = (layout.read_card() or {}).get("status") == "complete"
+    if ledger.remove_temp_files(layout):
+        log.info("removed half-written files left by a killed run")
+    clear_staging(layout)  # shards of killed runs that were never published: redone below
+    if cfg.clip.near_duplicate_threshold is not None and drop_rejected_rows(layout):
+        log.info("finished moving the near-duplicates that a killed run had rejected")
+    ledger.load(ws, layout)
+    changed = ledger.changed(ws)
+    if len(changed):
+        log.info("%d inputs changed since they were done: their old rows are replaced", len(changed))
+        ledger.drop_inputs(layout, changed)
+        ledger.forget(ws, changed)
+    ws.create("todo", ledger.TODO)
+    found, todo = ws.count("SELECT * FROM inputs"), ws.count("SELECT * FROM todo")
+    summary = PreprocessSummary(output, found, found - todo, changed=len(changed))
+    log.info("%d inputs, %d already accounted for, %d to do", found, summary.already_done, todo)
+    layout.write_card(make_card(config, "running", None, None, clip.card() if clip else None))
 
-            # 2. Hash pass.
-            hashed = _hash_pass(todo, cfg, show_progress)
-            not_done = [hashed.filter(pc.equal(hashed["reject_reason"], NOT_DONE))["source_uri"].combine_chunks()]
+    with ray_session(cfg.ray, show_progress):
+        import ray
 
-            # 3. Unreadable inputs and duplicates (against this run's inputs and every row already in the dataset).
-            readable = hashed.filter(pc.is_null(hashed["reject_reason"]))
-            dupes = duplicates(readable, rows(ledger))
-            early = _early_rejects(hashed, dupes)
-            new_rejects = write_rejects(layout, early, cfg.ray.rows_per_shard)
-            summary.rejected.update(_counts(early["reason"]))
+        if clip is not None:
+            resources = ray.cluster_resources()
+            clip = clip.for_cluster(resources.get("CPU", 0), resources.get("GPU", 0))
+            model, run = clip.weights, clip.cfg
+            summary.clip = f"{model.model} ({model.source} weights) on {run.device}, {run.precision}"
+            if clip.weights.kind == "random":
+                summary.clip += f" -- WARNING: {RANDOM_WARNING}"
 
-            # 4. Main pass over the kept copies.
-            kept = readable.join(dupes.select(["source_uri"]), "source_uri", join_type="left anti")
-            work = kept.join(todo.select(["source_uri", "caption", "source_id"]), "source_uri")
-            work = work.sort_by("source_uri").select(list(INPUT_COLUMNS))
-            stages = main_stages(cfg, clip)
-            sink = ShardWriter(output, cfg.decode.frame_size, run_id)
-            written_now: list[pa.Array] = []  # the URIs of this run's rows, for the near-duplicate pass
-            published: set[str] = set()  # one entry per shard, not per input
-            shard = cfg.ray.rows_per_shard
-            batches = run_stages(work, stages, INPUT_COLUMNS, sink, SUMMARY_OUTPUT, shard, cfg.ray.max_retries)
-            with tqdm(total=work.num_rows, desc="preprocessing", unit="sticker", disable=not show_progress) as bar:
-                for batch in batches:
-                    # data/ before rejects/: a run killed between the two redoes only rejects (sorted puts data first)
-                    if lock.lost:
-                        raise OutputLockedError(f"another rdtf preprocess took over {output} while this one ran")
-                    for shard in sorted(set(batch["shard"].drop_null().to_pylist()) - published):
-                        publish(layout, run_id, shard)
-                        published.add(shard)
-                    reason = batch["reject_reason"]
-                    summary.bytes_read += pc.sum(batch["num_bytes"]).as_py() or 0
-                    written_now.append(batch.filter(pc.is_null(reason))["source_uri"].combine_chunks())
-                    summary.rejected.update(_counts(reason.filter(pc.not_equal(reason, NOT_DONE))))
-                    not_done.append(batch.filter(pc.equal(reason, NOT_DONE))["source_uri"].combine_chunks())
-                    bar.update(batch.num_rows)
-            written = pa.chunked_array(written_now, pa.string())
+        # 2. Hash pass.
+        _hash_pass(ws, layout, run_id, cfg, show_progress)
 
-            # 5. Near-duplicates across the whole dataset, when this run added rows or an earlier one did not finish.
-            threshold = cfg.clip.near_duplicate_threshold
-            rewritten = clip is not None and threshold is not None and (len(written) or not finished_before)
-            if rewritten:
-                moved = near_duplicate_pass(layout, threshold, cfg.clip.near_duplicate_cluster_rows)
-                summary.near_duplicates = len(moved)
-                gone = pc.is_in(written, value_set=pa.array(sorted(moved), pa.string()))
-                summary.rejected["near_duplicate"] += pc.sum(gone).as_py() or 0
-                written = written.filter(pc.invert(gone))
-            summary.written = len(written)
-        clear_staging(layout, run_id)
+        # 3. Unreadable inputs and duplicates (against this run's inputs and every row already in the dataset).
+        readable = "SELECT * FROM hashed WHERE reject_reason IS NULL"
+        ws.create("duplicates", duplicates(readable, "SELECT source_uri, sample_id FROM ledger WHERE reason IS NULL"))
+        early = ws.reader(f"{EARLY_REJECTS} ORDER BY source_uri", not_done=NOT_DONE)
+        new_rejects = write_rejects(layout, cut(early, cfg.ray.rows_per_shard))
+        by_reason = ws.sql(f"SELECT reason, count(*) FROM ({EARLY_REJECTS}) GROUP BY reason", not_done=NOT_DONE)
+        summary.rejected.update(dict(by_reason.fetchall()))
 
-        # 6. Account for every input exactly once, then the card: the files this run wrote are scanned and added to
-        # the ledger of its start (all files again when the near-duplicate pass rewrote earlier ones).
-        left = pa.chunked_array(not_done, pa.string()).combine_chunks()
-        summary.not_done = len(left)
+        # 4. Main pass over the kept copies.
+        stages = main_stages(cfg, clip)
+        sink = ShardWriter(output, cfg.decode.frame_size, run_id)
+        published: set[str] = set()  # one entry per shard, not per input
+        shard = cfg.ray.rows_per_shard
+        blocks = _pass_blocks(ws, WORK, layout, f"{layout.staging_dir(run_id)}/blocks/main", shard)
+        batches = run_stages(blocks, layout.fs, stages, INPUT_COLUMNS, sink, SUMMARY_OUTPUT, shard, cfg.ray.max_retries)
+        total = ws.count(WORK)
+        with ws.appender("results", RESULTS) as results, tqdm(total=total, desc="preprocessing", unit="sticker",
+                                                               disable=not show_progress) as bar:  # fmt: skip
+            for batch in batches:
+                # data/ before rejects/: a run killed between the two redoes only rejects (sorted puts data first)
+                if lock.lost:
+                    raise OutputLockedError(f"another rdtf preprocess took over {output} while this one ran")
+                for name in sorted(set(batch["shard"].drop_null().to_pylist()) - published):
+                    publish(layout, run_id, name)
+                    published.add(name)
+                reason = batch["reject_reason"]
+                summary.bytes_read += pc.sum(batch["num_bytes"]).as_py() or 0
+                summary.rejected.update(_counts(reason.filter(pc.not_equal(reason, NOT_DONE))))
+                results.add(batch.select(RESULTS.names).cast(RESULTS))
+                bar.update(batch.num_rows)
+        written = "SELECT source_uri FROM results WHERE reject_reason IS NULL"
+
+        # 5. Near-duplicates across the whole dataset, when this run added rows or an earlier one did not finish.
+        threshold = cfg.clip.near_duplicate_threshold
+        rewritten = clip is not None and threshold is not None and (ws.count(written) or not finished_before)
+        gone = 0
         if rewritten:
-            ledger = scan(layout)
-        else:
-            ours = [f"{layout.root}/{shard}" for shard in sorted(published)]
-            data = [p for p in ours if p.startswith(layout.dir(DATA_DIR) + "/")]
-            ledger = pa.concat_tables([ledger, scan(layout, data, [p for p in ours if p not in data] + new_rejects)])
-        _check_accounting(ledger, items, left)
-        summary.seconds = time.monotonic() - start
-        last_run = {
-            "inputs": summary.inputs,
-            "already_done": summary.already_done,
-            "written": summary.written,
-            "rejected": dict(summary.rejected),
-            "changed": summary.changed,
-            "not_done": summary.not_done,
-            "near_duplicates_moved": summary.near_duplicates,
-            "seconds": round(summary.seconds, 2),
-        }
-        counts = count_outputs(ledger, layout)
-        summary.card = make_card(config, "complete", counts, last_run, clip.card() if clip else None)
-        layout.write_card(summary.card)
-        return summary
+            moved = near_duplicate_pass(layout, threshold, cfg.clip.near_duplicate_cluster_rows)
+            summary.near_duplicates = len(moved)
+            ws.load("moved", pa.table({"source_uri": pa.array(sorted(moved), pa.string())}))
+            gone = ws.count(f"{written} AND source_uri IN (SELECT source_uri FROM moved)")
+            summary.rejected["near_duplicate"] += gone
+        summary.written = ws.count(written) - gone
+    clear_staging(layout, run_id)
+
+    # 6. Account for every input exactly once: the files this run wrote are scanned and added to the ledger of its
+    # start (all files again when the near-duplicate pass rewrote earlier ones).
+    ws.create("not_done", "SELECT source_uri FROM hashed WHERE reject_reason = $n UNION ALL "
+              "SELECT source_uri FROM results WHERE reject_reason = $n", n=NOT_DONE)  # fmt: skip
+    summary.not_done = ws.count("SELECT * FROM not_done")
+    if rewritten:
+        ledger.load(ws, layout)
+    else:
+        ours = [f"{layout.root}/{name}" for name in sorted(published)]
+        data = [p for p in ours if p.startswith(layout.dir(DATA_DIR) + "/")]
+        ledger.load(ws, layout, data, [p for p in ours if p not in data] + new_rejects, append=True)
+    ledger.check_accounting(ws, "SELECT source_uri FROM not_done")
+    return summary, clip

@@ -9,6 +9,7 @@ their run's staging folder; the run's driver publishes each shard into data/ or 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -126,14 +127,13 @@ def sample_row(batch: Batch, i: int, frame_size: int) -> dict[str, Any]:
     }
 
 
-def write_rejects(layout: DatasetLayout, rejects: pa.Table, rows_per_shard: int) -> list[str]:
-    """Write the driver's rejects (REJECT_SCHEMA: the hash pass's and the duplicates) in shards of at most
-    `rows_per_shard`, each named after its inputs like the workers' shards; returns the files' paths."""
+def write_rejects(layout: DatasetLayout, shards: Iterable[pa.Table]) -> list[str]:
+    """Write the driver's rejects (REJECT_SCHEMA: the hash pass's and the duplicates), one file per table of
+    `shards`, each named after its inputs like the workers' shards; returns the files' paths."""
     paths = []
-    for start in range(0, rejects.num_rows, rows_per_shard):
-        shard = rejects.slice(start, rows_per_shard)
+    for shard in shards:
         name = shard_name(shard["source_uri"].to_pylist())
-        write_table(layout, REJECTS_DIR, name, shard)
+        write_table(layout, REJECTS_DIR, name, shard.cast(REJECT_SCHEMA))
         paths.append(f"{layout.dir(REJECTS_DIR)}/{name}")
     return paths
 

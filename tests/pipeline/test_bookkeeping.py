@@ -1,24 +1,31 @@
-"""The Arrow bookkeeping around the passes: duplicates across runs, changed inputs, transient reads, the ledger."""
+"""The bookkeeping around the passes (DuckDB workspace): duplicates across runs, changed inputs, transient reads, the
+ledger, the accounting check, and the passes' input read from Parquet blocks, never held on the driver."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 import pytest
 
 import pipeline.read_bytes as read_bytes_module
+import pipeline.runner as runner_module
 from jobs.corpus import make_corpus
-from pipeline.config import PreprocessConfig, RayConfig
+from pipeline.card import count_outputs
+from pipeline.config import BookkeepingConfig, PreprocessConfig, RayConfig
 from pipeline.dedupe import duplicates
 from pipeline.hash_inputs import HashStage
-from pipeline.ledger import scan
+from pipeline.ledger import LEDGER_SCHEMA, counts, scan
 from pipeline.read_bytes import ATTEMPTS, read_input
 from pipeline.runner import run_preprocess
 from pipeline.stage import NOT_DONE, NotDone, Reject
+from pipeline.workspace import PREFIX, Workspace
 from pipeline.write import ShardWriter, reject_rows
 from schemas import open_dataset
 from schemas.layout import DatasetLayout
@@ -52,14 +59,39 @@ def _by_uri(out: Path) -> tuple[dict[str, dict], dict[str, dict]]:
 
 
 def test_a_new_copy_of_a_row_already_in_the_dataset_is_its_duplicate() -> None:
-    existing = pa.table({"source_uri": ["/z/old.gif"], "sample_id": ["s1"]})
-    new = pa.table({"source_uri": ["/a/copy.gif", "/b/x.gif", "/c/x.gif"], "sample_id": ["s1", "s2", "s2"]})
-    found = duplicates(new, existing).select(["source_uri", "kept_uri"]).to_pylist()
+    with Workspace() as ws:
+        ws.load("existing", pa.table({"source_uri": ["/z/old.gif"], "sample_id": ["s1"]}))
+        ws.load(
+            "new", pa.table({"source_uri": ["/a/copy.gif", "/b/x.gif", "/c/x.gif"], "sample_id": ["s1", "s2", "s2"]})
+        )
+        query = f"SELECT source_uri, kept_uri FROM ({duplicates('SELECT * FROM new', 'SELECT * FROM existing')})"
+        found = ws.sql(f"{query} ORDER BY source_uri").to_arrow_table().to_pylist()
     # the existing row stays kept although its URI sorts last; among new inputs the smallest URI is kept
     assert found == [
         {"source_uri": "/a/copy.gif", "kept_uri": "/z/old.gif"},
         {"source_uri": "/c/x.gif", "kept_uri": "/b/x.gif"},
     ]
+
+
+def test_the_card_counts_rows_and_rejects_by_reason_from_the_ledger(tmp_path: Path) -> None:
+    reasons = [None, "duplicate", "low_entropy", None, "duplicate"]
+    ledger = pa.table(
+        {
+            "source_uri": [f"/in/{n}.gif" for n in range(5)],
+            "sample_id": [f"s{n}" for n in range(5)],
+            "source_version": pa.nulls(5, pa.string()),
+            "reason": reasons,
+        },
+        schema=LEDGER_SCHEMA,
+    )
+    with Workspace() as ws:
+        ws.load("ledger", ledger)
+        rows, by_reason = counts(ws)
+    assert rows == 2 and by_reason == {"duplicate": 2, "low_entropy": 1}
+    card = count_outputs(rows, by_reason, DatasetLayout.at(str(tmp_path)))
+    assert (
+        card["rejects"] == 3 and card["inputs"] == 5 and list(card["rejects_by_reason"]) == ["duplicate", "low_entropy"]
+    )
 
 
 class _Flaky(pafs.FileSystemHandler):
@@ -168,3 +200,57 @@ def test_an_input_replaced_in_place_is_redone_and_its_old_row_replaced(stickers:
     again = run_preprocess([str(folder)], str(out), _config(), show_progress=False)
     assert again.changed == 0 and again.already_done == 3 and again.written == 0
     assert scan(DatasetLayout.at(str(out))).num_rows == 3
+
+
+def test_the_workspace_honours_its_memory_limit_and_spills_past_it(tmp_path: Path) -> None:
+    cfg = BookkeepingConfig(memory_mb=64, threads=1, temp_dir=str(tmp_path))
+    with Workspace(cfg) as ws:
+        assert ws.sql("SELECT current_setting('memory_limit')").fetchall() == [("64.0 MiB",)]
+        assert ws.folder.startswith(str(tmp_path))
+        # A group-by whose hash table is several times the limit: it completes by spilling to the folder.
+        rows = 2_000_000
+        ws.create("big", f"SELECT range AS n, md5(range::VARCHAR) AS uri FROM range({rows})")
+        assert ws.count("SELECT uri FROM big GROUP BY uri") == rows
+        assert ws.count("SELECT * FROM big ANTI JOIN (SELECT uri FROM big WHERE n % 2 = 0) USING (uri)") == rows // 2
+        folder = ws.folder
+    assert not os.path.exists(folder)  # closed: database and spill files gone
+
+
+def test_a_workspace_left_by_a_killed_run_is_deleted_by_the_next_one(tmp_path: Path) -> None:
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = tmp_path / f"{PREFIX}{int(finished.stdout)}-abc"  # a run whose process is gone
+    live = tmp_path / f"{PREFIX}{os.getpid()}-def"  # a run of a live process (this one)
+    other = tmp_path / "someone-elses"
+    for folder in (dead, live, other):
+        (folder / "spill").mkdir(parents=True)
+    with Workspace(BookkeepingConfig(temp_dir=str(tmp_path))) as ws:
+        assert Path(ws.folder).name.startswith(f"{PREFIX}{os.getpid()}-")
+    assert not dead.exists() and live.exists() and other.exists()
+
+
+@pytest.mark.slow
+def test_a_pass_reads_its_input_from_parquet_blocks_never_from_the_driver(
+    stickers: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ray.data
+
+    def refused(*args, **kwargs):
+        raise AssertionError("a pass's input was put into Ray from the driver's memory")
+
+    for name in ("from_arrow", "from_arrow_refs", "from_items", "from_pandas", "from_numpy"):
+        monkeypatch.setattr(ray.data, name, refused)
+    seen: list[tuple[str, list[int]]] = []
+    real = runner_module.run_stages
+
+    def spy(blocks, fs, stages, *args):
+        seen.append((stages[0].name, [pq.ParquetFile(b.path).metadata.row_group(b.row_group).num_rows for b in blocks]))
+        return real(blocks, fs, stages, *args)
+
+    monkeypatch.setattr(runner_module, "run_stages", spy)
+    folder = _copy(stickers, tmp_path / "in", sorted(p.name for p in stickers.iterdir()))
+    summary = run_preprocess([str(folder)], str(tmp_path / "dataset"), _config(), show_progress=False)
+    assert summary.processed == summary.inputs > 6
+    (hashing, hash_blocks), (probe, main_blocks) = seen
+    assert hashing == "hash" and sum(hash_blocks) == summary.inputs
+    assert probe == "probe" and 0 < sum(main_blocks) <= summary.inputs
+    assert max(main_blocks) <= _config().ray.rows_per_shard  # a block is a task is at most one shard

@@ -1,4 +1,4 @@
-"""Input discovery: folders, globs and manifests (CSV, JSONL, Parquet) become distinct, sorted inputs."""
+"""Input discovery: folders, globs and manifests (CSV, JSONL, Parquet) become distinct inputs in the workspace."""
 
 from __future__ import annotations
 
@@ -10,7 +10,18 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.config import InputConfig
-from pipeline.discover import InputError, discover
+from pipeline.discover import INPUT_SCHEMA, InputError
+from pipeline.discover import discover as discover_into
+from pipeline.workspace import Workspace
+
+
+def discover(inputs: list[str], cfg: InputConfig) -> pa.Table:
+    """The workspace table `inputs` that discovery makes, sorted by URI."""
+    with Workspace() as ws:
+        count = discover_into(inputs, cfg, ws)
+        table = ws.sql("SELECT * FROM inputs ORDER BY source_uri").to_arrow_table()
+    assert table.num_rows == count
+    return table.cast(INPUT_SCHEMA)
 
 
 @pytest.fixture()
@@ -104,3 +115,15 @@ def test_manifest_uris_with_query_strings_or_unknown_schemes_are_refused(folder:
         discover([str(manifest)], InputConfig())
     with pytest.raises(InputError, match="query string|does not read"):
         discover([entry], InputConfig())
+
+
+def test_a_large_manifest_is_read_in_batches_and_its_duplicates_keep_their_first_caption(
+    folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("pipeline.discover.MANIFEST_BATCH", 3)  # several batches from a small file
+    names = [f"s{n % 5}.gif" for n in range(12)]  # each name 2 or 3 times, in several batches
+    captions = [None if n < 5 else f"caption {n}" for n in range(12)]
+    pq.write_table(pa.table({"path": names, "caption": captions}), folder / "m.parquet", row_group_size=3)
+    found = discover([str(folder / "m.parquet")], InputConfig()).to_pylist()
+    assert [Path(i["source_uri"]).name for i in found] == [f"s{n}.gif" for n in range(5)]
+    assert [i["caption"] for i in found] == ["caption 5", "caption 6", "caption 7", "caption 8", "caption 9"]

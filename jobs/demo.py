@@ -58,6 +58,10 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"demo: rejects with reasons: {dataset}/rejects/ -- read them with schemas.open_dataset('{dataset}').rejects()"
     )
+    print(
+        f"demo: look into the dataset: `rdtf stats {dataset} --html {dataset}.html`, "
+        f'`rdtf query {dataset} "SELECT reason, message FROM rejects"` (docs/query.md)'
+    )
     train_and_sample(dataset, args.out, args.train_steps)
     return 0
 

@@ -131,6 +131,7 @@ class RunConfig:
     checkpoint_every: int = 500  # and at the end
     keep_checkpoints: int = 2  # older ones are deleted
     sample_every: int = 0  # a sample GIF in TensorBoard and RUN_DIR/samples every N steps; 0 = off
+    sample_prompt: str = ""  # the text of every sample GIF, so that steps compare; "" = the dataset's first caption
 
     def __post_init__(self) -> None:
         require(self.max_steps >= 1, "run.max_steps", "must be at least 1")

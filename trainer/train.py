@@ -149,6 +149,7 @@ MAY_CHANGE_AT_RESUME = frozenset(
         "run.checkpoint_every",
         "run.keep_checkpoints",
         "run.sample_every",
+        "run.sample_prompt",
         "data.decode_threads",
         "engine.gradient_checkpointing",
         "optim.ema_decay",
@@ -283,6 +284,18 @@ def preview(
     return clip_to_frames(codec.decode(latents.to(device)))[0]
 
 
+def preview_prompt(cfg: TrainConfig, reader: Any) -> str:
+    """run.sample_prompt, or else the dataset's first caption: one text for every sample GIF of the run (and every
+    rank, which all take part in the sample under ZeRO-3), so that samples of different steps compare."""
+    if cfg.run.sample_prompt:
+        return cfg.run.sample_prompt
+    for batch in reader.iter_batches(columns=["caption"], batch_size=256):
+        captions = [c for c in batch.column("caption").to_pylist() if c]
+        if captions:
+            return captions[0]
+    return "an animated sticker"
+
+
 def _memory_gib(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**30
@@ -348,6 +361,7 @@ def train(cfg: TrainConfig, data: str, run_dir: str) -> TrainSummary:
     tb = _tensorboard(run_dir, start_step) if is_main else None
     bar = tqdm(total=cfg.run.max_steps, initial=step, unit="step", disable=not (is_main and sys.stderr.isatty()))
     latent_shape = (codec.channels, 8, latent_size, latent_size)
+    prompt = preview_prompt(cfg, reader) if cfg.run.sample_every else ""
     started = time.perf_counter()
     window_start, window_wait, window_clips, drawn = started, 0.0, 0, []
     total_wait, total_clips, task_losses, last_loss = 0.0, 0, {}, float("nan")
@@ -423,7 +437,7 @@ def train(cfg: TrainConfig, data: str, run_dir: str) -> TrainSummary:
             window_start, window_wait, window_clips, drawn = time.perf_counter(), 0.0, 0, []
         # 7e. a sample GIF of the current weights
         if cfg.run.sample_every and step % cfg.run.sample_every == 0:
-            frames = preview(engine.module, cfg, codec, text_encoder, batch.captions[0], latent_shape, device, seed)
+            frames = preview(engine.module, cfg, codec, text_encoder, prompt, latent_shape, device, seed)
             if is_main:
                 path = os.path.join(run_dir, "samples", f"{checkpoint.tag(step)}.gif")
                 write_gif(frames, path)

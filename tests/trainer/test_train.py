@@ -217,3 +217,22 @@ def test_ema_turned_on_at_resume_starts_from_the_restored_weights_and_a_changed_
     out, _ = process.communicate(timeout=300)
     assert process.returncode == 2 and "diffusion.beta_end (saved 0.012, now 0.02)" in out
     assert checkpoint.latest_tag(str(run)) == "step-00000002"
+
+
+def test_every_sample_gif_of_a_run_has_one_prompt(tmp_path):
+    """Samples of different steps compare only with one text: run.sample_prompt, or the dataset's first caption (the
+    same on every rank), never the caption of whatever batch is at hand."""
+    from dataclasses import replace
+
+    import pyarrow.parquet as pq
+
+    from schemas.config import load
+    from schemas.reader import open_dataset
+    from trainer.config import TrainConfig
+    from trainer.train import preview_prompt
+
+    reader = open_dataset(make_dataset(str(tmp_path / "data")))
+    cfg = load(TrainConfig, str(REPO / "configs" / "tiny.yaml"))
+    first = pq.read_table(reader.sample_files[0], columns=["caption"])["caption"][0].as_py()
+    assert preview_prompt(cfg, reader) == first
+    assert preview_prompt(replace(cfg, run=replace(cfg.run, sample_prompt="a red circle")), reader) == "a red circle"

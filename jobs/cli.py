@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from importlib.metadata import version
+from pathlib import Path
 
 from jobs.console import quiet_libraries
 from jobs.demo import add_demo_parser
@@ -51,8 +53,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def use_project_extension_dir() -> None:
+    """DeepSpeed builds its C++ ops on first use under TORCH_EXTENSIONS_DIR (by default ~/.cache/torch_extensions,
+    shared by every project and torch version). Run from a checkout, keep them in its .torch_extensions/, where
+    `make install` prebuilds them; a value the user set wins."""
+    checkout = Path(__file__).resolve().parent.parent
+    if (checkout / "pyproject.toml").is_file():
+        os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(checkout / ".torch_extensions"))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    use_project_extension_dir()
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(name)s: %(message)s"
     )

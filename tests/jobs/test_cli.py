@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -118,3 +119,16 @@ def test_preprocess_and_train_are_quiet_by_default(tmp_path: Path) -> None:
     sample += ["--text", "a red circle", "--steps", "2"]
     sampled = subprocess.run(sample + ["--out", str(tmp_path / "s.gif")], capture_output=True, text=True, check=True)
     assert "accelerate" not in sampled.stderr, sampled.stderr  # diffusers' notice
+
+
+def test_deepspeeds_ops_are_built_in_the_checkout_unless_the_user_says_otherwise(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from jobs.cli import use_project_extension_dir
+
+    monkeypatch.delenv("TORCH_EXTENSIONS_DIR", raising=False)
+    use_project_extension_dir()
+    assert os.environ["TORCH_EXTENSIONS_DIR"] == str(Path(__file__).resolve().parents[2] / ".torch_extensions")
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", "/somewhere/else")
+    use_project_extension_dir()
+    assert os.environ["TORCH_EXTENSIONS_DIR"] == "/somewhere/else"

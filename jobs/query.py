@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 from typing import Any
 
 import duckdb
@@ -77,7 +78,7 @@ def show(con: duckdb.DuckDBPyConnection, sql: str, max_rows: int, mentioned: str
         else:
             columns.append(quoted)
     try:
-        rel.project(", ".join(columns)).show(max_rows=max_rows, max_width=_terminal_width())
+        rel.project(", ".join(columns)).show(max_rows=max_rows, max_width=shutil.get_terminal_size((160, 24)).columns)
     except duckdb.Error as error:
         raise QueryError(str(error).strip().splitlines()[0]) from None
 
@@ -94,13 +95,7 @@ def export(con: duckdb.DuckDBPyConnection, sql: str, fmt: str, path: str) -> int
         if os.path.exists(path):
             os.remove(path)
         raise QueryError(str(error).strip().splitlines()[0]) from None
-    return int(pq.read_metadata(path).num_rows) if fmt == "parquet" else _count_rows(writer)
-
-
-def _count_rows(writer: duckdb.DuckDBPyConnection) -> int:
-    # COPY's own result is the number of rows it wrote
-    rows = writer.fetchone()
-    return int(rows[0]) if rows else 0
+    return int(writer.fetchone()[0])  # COPY's own result: the rows it wrote
 
 
 def write_subset(con: duckdb.DuckDBPyConnection, sql: str, parent: str, target: str) -> tuple[int, int]:
@@ -172,10 +167,3 @@ def _remove(layout: DatasetLayout, created: bool) -> None:
         layout.fs.delete_dir(layout.root)
     else:
         layout.fs.delete_dir_contents(layout.root)
-
-
-def _terminal_width() -> int:
-    try:
-        return os.get_terminal_size().columns
-    except OSError:
-        return 160

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 from typing import Any
 
@@ -64,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
 
 def print_results(index: SearchIndex, vector: np.ndarray, k: int) -> None:
     found = index.search(vector, k)
-    width = max(20, min(80, _terminal_width() - 40))
+    width = max(20, min(80, shutil.get_terminal_size((160, 24)).columns - 40))
     print(f"{'rank':>4} {'score':>6}  {'sample_id':<12}  caption / source")
     for rank, row in enumerate(found.to_pylist(), start=1):
         caption = (row["caption"] or "")[:width]
@@ -138,10 +139,3 @@ class QueryEncoder:
             embeddings = self.model.encode_image((images - mean) / std).float()
             unit = torch.nn.functional.normalize(embeddings, dim=-1).mean(0)
         return torch.nn.functional.normalize(unit, dim=-1).numpy()
-
-
-def _terminal_width() -> int:
-    try:
-        return os.get_terminal_size().columns
-    except OSError:
-        return 160

@@ -65,11 +65,7 @@ def files_of(layout: DatasetLayout) -> list[list[Any]]:
 
 def build(reader: DatasetReader, clip: dict[str, Any]) -> SearchIndex:
     """Stream the rows with an embedding into a new index (see the module docstring for its kind)."""
-    rows = _count_embedded(reader)
-    if rows == 0:
-        raise SearchError(
-            f"{reader.layout.root} has no CLIP embeddings: preprocess it with --clip-weights PATH to search it"
-        )
+    rows = reader.num_rows  # from the files' footers; rows without an embedding are skipped below
     clusters = 0 if rows <= FLAT_MAX else 2 ** round(math.log2(4 * math.sqrt(rows)))
     index: faiss.Index | None = None
     pending: list[np.ndarray] = []  # vectors held until the clustering is trained
@@ -91,6 +87,10 @@ def build(reader: DatasetReader, clip: dict[str, Any]) -> SearchIndex:
                 index = _trained(np.concatenate(pending), clusters)
                 vectors, pending = np.concatenate(pending), []
         index.add(vectors)
+    if not kept:
+        raise SearchError(
+            f"{reader.layout.root} has no CLIP embeddings: preprocess it with --clip-weights PATH to search it"
+        )
     if index is None:  # fewer vectors than the clustering wanted: the rows fit an exact index
         index = faiss.IndexFlatIP(pending[0].shape[1])
         index.add(np.concatenate(pending))
@@ -143,15 +143,6 @@ def _matrix(column: pa.Array) -> np.ndarray:
     """A list<float16> column of equal-length rows -> (n, d) float32."""
     flat = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
     return flat.reshape(len(column), -1)
-
-
-def _count_embedded(reader: DatasetReader) -> int:
-    import pyarrow.dataset as pads
-
-    from schemas.dataset import SAMPLE_SCHEMA
-
-    dataset = pads.dataset(list(reader.sample_files), SAMPLE_SCHEMA, "parquet", reader.layout.fs)
-    return dataset.count_rows(filter=pads.field("clip_embedding").is_valid())
 
 
 def _write(layout: DatasetLayout, path: str, data: bytes) -> None:

@@ -138,9 +138,9 @@ class BareEncoder:
 
 def build_dataset(paths: list[Path], captions: list[str], folder: Path, cpus: int) -> list[str]:
     """`rdtf preprocess` (no CLIP stage) of the stickers into `folder`; the data files."""
-    from pipeline.config import PreprocessConfig, RayConfig
-    from pipeline.runner import run_preprocess
-    from schemas.layout import DATA_DIR, DatasetLayout
+    from rdtf.pipeline.config import PreprocessConfig, RayConfig
+    from rdtf.pipeline.runner import run_preprocess
+    from rdtf.schemas.layout import DATA_DIR, DatasetLayout
 
     folder.mkdir(parents=True)
     with open(folder / "manifest.csv", "w", newline="") as f:
@@ -180,12 +180,12 @@ def stage_pass(files: list[str], args: argparse.Namespace, out: Path, cpus: int)
     import pyarrow.parquet as pq
     import ray
 
-    from pipeline.clip import ClipInputStage, ClipStage, prepare
-    from pipeline.config import ClipConfig
-    from pipeline.plan import map_stages
-    from pipeline.stage import Stage
-    from schemas.dataset import SAMPLE_SCHEMA
-    from schemas.frames import decode_frames
+    from rdtf.pipeline.clip import ClipInputStage, ClipStage, prepare
+    from rdtf.pipeline.config import ClipConfig
+    from rdtf.pipeline.plan import map_stages
+    from rdtf.pipeline.stage import Stage
+    from rdtf.schemas.dataset import SAMPLE_SCHEMA
+    from rdtf.schemas.frames import decode_frames
 
     class DecodeStoredFramesStage(Stage):
         """A dataset's stored frames (PNG) back to arrays; a frame stored twice (held on screen) is decoded once."""

@@ -29,10 +29,10 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from trainer.config import DiffusionConfig  # noqa: E402
-from trainer.dfgn import DFGN, read_model_config  # noqa: E402
-from trainer.diffusion import train_scheduler, training_target  # noqa: E402
-from trainer.masks import condition_mask, masked_mse  # noqa: E402
+from rdtf.trainer.config import DiffusionConfig  # noqa: E402
+from rdtf.trainer.dfgn import DFGN, read_model_config  # noqa: E402
+from rdtf.trainer.diffusion import train_scheduler, training_target  # noqa: E402
+from rdtf.trainer.masks import condition_mask, masked_mse  # noqa: E402
 
 VARIANTS = ("before", "identity", "identity-v")
 TIMESTEPS = (100, 500, 800)

@@ -57,7 +57,7 @@ from provenance import code_version, machine  # noqa: E402
 
 
 def train_command(args: argparse.Namespace, data: Path, run: Path, mode: str, seed: int) -> list[str]:
-    command = [sys.executable, "-m", "jobs.cli", "train", "--config", str(PRESETS[args.preset])]
+    command = [sys.executable, "-m", "rdtf.jobs.cli", "train", "--config", str(PRESETS[args.preset])]
     command += ["--data", str(data), "--out", str(run), "--steps", str(args.steps), "--seed", str(seed)]
     command += ["--curriculum", mode, "--set", f"curriculum.length={args.steps}"]
     command += ["--set", f"run.checkpoint_every={args.steps}", "--set", f"run.log_every={max(1, args.steps // 10)}"]
@@ -68,7 +68,7 @@ def train_command(args: argparse.Namespace, data: Path, run: Path, mode: str, se
 
 def train_run(args: argparse.Namespace, data: Path, run: Path, mode: str, seed: int) -> float | None:
     """Train one run (or finish it); None when it already had its final checkpoint."""
-    from trainer import checkpoint
+    from rdtf.trainer import checkpoint
 
     if checkpoint.latest_tag(str(run)) == checkpoint.tag(args.steps):
         return None
@@ -78,7 +78,7 @@ def train_run(args: argparse.Namespace, data: Path, run: Path, mode: str, seed: 
 
 def task_mix(run: Path) -> dict[str, int]:
     """Optimizer steps per task, from the run's metrics.jsonl."""
-    from trainer.masks import TASKS
+    from rdtf.trainer.masks import TASKS
 
     with open(run / "metrics.jsonl") as f:
         counts = Counter(json.loads(line)["task"] for line in f)
@@ -122,8 +122,8 @@ def tables(
     summary: dict[str, Any], baseline: dict[str, dict[str, float]], mixes: dict[str, list[dict[str, int]]]
 ) -> str:
     """Markdown: the loss table, the generation table (with the no-model baseline), and the task mix trained."""
-    from trainer.evaluate import FRAME_TASKS
-    from trainer.masks import TASKS
+    from rdtf.trainer.evaluate import FRAME_TASKS
+    from rdtf.trainer.masks import TASKS
 
     lines = ["Denoising loss on the held-out clips (lower is better), mean ± std over seeds:", ""]
     lines += ["| curriculum | " + " | ".join(TASKS) + " | mean | mean - none (paired) |"]
@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.update({"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "RAY_USAGE_STATS_ENABLED": "0"})
     import torch
 
-    from trainer.evaluate import evaluate
+    from rdtf.trainer.evaluate import evaluate
 
     torch.set_num_threads(args.threads)
     started = datetime.datetime.now(datetime.timezone.utc)

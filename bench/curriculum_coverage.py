@@ -41,8 +41,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from trainer.curriculum import TASK_GROUP, Curriculum, CurriculumConfig  # noqa: E402
-from trainer.pacing import EpochPacer  # noqa: E402
+from rdtf.trainer.curriculum import TASK_GROUP, Curriculum, CurriculumConfig  # noqa: E402
+from rdtf.trainer.pacing import EpochPacer  # noqa: E402
 
 ROWS_PER_FILE = 128  # pipeline ray.rows_per_shard
 BUFFER = 256  # data.shuffle_buffer default

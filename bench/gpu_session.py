@@ -156,7 +156,7 @@ def machine_report(session: Session) -> float | None:
 def seconds_per_step(learning_dir: Path, session: Session, batch: int) -> float | None:
     """Train 60 steps of the tiny preset with a checkpoint every 20; a step's time from the checkpoints' times."""
     run = session.work / "probe"
-    command = [sys.executable, "-m", "jobs.cli", "train", "--config", "configs/tiny.yaml"]
+    command = [sys.executable, "-m", "rdtf.jobs.cli", "train", "--config", "configs/tiny.yaml"]
     command += ["--data", str(learning_dir / "synthetic_train"), "--out", str(run), "--steps", "60"]
     settings = ("run.checkpoint_every=20", "run.keep_checkpoints=10", "run.log_every=20", f"optim.micro_batch={batch}")
     for setting in settings:

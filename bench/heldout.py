@@ -36,7 +36,7 @@ def run_logged(command: list[str], log: Path, env: dict[str, str] | None = None)
 
 def complete(dataset: Path) -> bool:
     """Whether `dataset` holds a finished `rdtf preprocess` run (its card says so)."""
-    from schemas.layout import DatasetLayout
+    from rdtf.schemas.layout import DatasetLayout
 
     card = DatasetLayout.at(str(dataset)).read_card()
     return card is not None and card.get("status") == "complete"
@@ -48,7 +48,7 @@ def preprocess(manifest: Path, out: Path, log: Path, flags: list[str] | None = N
     if complete(out):
         return
     ray_tmpdir = tempfile.mkdtemp(prefix="rdtf-bench-ray-", dir="/tmp")  # short: unix socket paths < 107 chars
-    command = [sys.executable, "-m", "jobs.cli", "preprocess", str(manifest), "--out", str(out), *(flags or [])]
+    command = [sys.executable, "-m", "rdtf.jobs.cli", "preprocess", str(manifest), "--out", str(out), *(flags or [])]
     try:
         run_logged(command + ["--no-clip", "--no-progress"], log, {"RAY_TMPDIR": ray_tmpdir})
     finally:
@@ -62,9 +62,9 @@ def split(full: Path, parts: dict[str, Path], rule: Callable[[dict], str], rule_
     import pyarrow.dataset as pads
     import pyarrow.parquet as pq
 
-    from schemas.dataset import SAMPLE_SCHEMA
-    from schemas.layout import DATA_DIR, DatasetLayout
-    from schemas.reader import open_dataset
+    from rdtf.schemas.dataset import SAMPLE_SCHEMA
+    from rdtf.schemas.layout import DATA_DIR, DatasetLayout
+    from rdtf.schemas.reader import open_dataset
 
     source = open_dataset(str(full))
     counts = dict.fromkeys(parts, 0)

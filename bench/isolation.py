@@ -23,10 +23,10 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from pipeline.config import DecodeConfig  # noqa: E402
-from pipeline.frame_readers import sampled_frames  # noqa: E402
-from pipeline.isolation import DecoderProcess  # noqa: E402
-from pipeline.probe import probe  # noqa: E402
+from rdtf.pipeline.config import DecodeConfig  # noqa: E402
+from rdtf.pipeline.frame_readers import sampled_frames  # noqa: E402
+from rdtf.pipeline.isolation import DecoderProcess  # noqa: E402
+from rdtf.pipeline.probe import probe  # noqa: E402
 
 
 def decode_in_worker(data: bytes, cfg: DecodeConfig) -> np.ndarray:

@@ -121,7 +121,7 @@ def synthetic_part(row: dict[str, Any]) -> str:
 
 
 def train(data: Path, run: Path, steps: int, every: int, seed: int, overrides: list[str]) -> float:
-    command = [sys.executable, "-m", "jobs.cli", "train", "--config", str(TINY), "--data", str(data)]
+    command = [sys.executable, "-m", "rdtf.jobs.cli", "train", "--config", str(TINY), "--data", str(data)]
     command += ["--out", str(run), "--steps", str(steps), "--seed", str(seed)]
     settings = [f"run.checkpoint_every={every}", "run.keep_checkpoints=1000", f"run.log_every={every}"]
     settings += [f"curriculum.length={steps}", *overrides]
@@ -131,7 +131,7 @@ def train(data: Path, run: Path, steps: int, every: int, seed: int, overrides: l
 
 
 def score(run: Path, data: Path, tag: str, clips: int, steps: int, scales: tuple[float, float], draws: int) -> dict:
-    from trainer.evaluate import evaluate
+    from rdtf.trainer.evaluate import evaluate
 
     report = evaluate(
         str(run), str(data), clips=clips, steps=steps, seed=EVAL_SEED, draws=draws,
@@ -145,9 +145,9 @@ def picture(run: Path, data: Path, clips: int, out: Path, scales: tuple[float, f
     a coloured border), then a t2v sample of its caption."""
     import tempfile
 
-    from trainer.evaluate import read_clips
-    from trainer.media import frame_grid, read_frames, write_gif
-    from trainer.sample import GIVEN, SampleRequest, load_run_config, sample
+    from rdtf.trainer.evaluate import read_clips
+    from rdtf.trainer.media import frame_grid, read_frames, write_gif
+    from rdtf.trainer.sample import GIVEN, SampleRequest, load_run_config, sample
 
     size = load_run_config(str(run)).latent.resolution
     rows, given = [], []
@@ -172,7 +172,7 @@ def picture(run: Path, data: Path, clips: int, out: Path, scales: tuple[float, f
 def curve_table(title: str, reports: dict[int, dict[str, Any]]) -> str:
     """Markdown: per checkpoint, loss on generated frames (mean over tasks) and PSNR / SSIM per frame task, with the
     baselines (the same at every checkpoint) as the last rows."""
-    from trainer.evaluate import FRAME_TASKS
+    from rdtf.trainer.evaluate import FRAME_TASKS
 
     lines = [f"{title}:", ""]
     lines.append("| step | loss (generated frames, mean of 6 tasks) | " + " | ".join(FRAME_TASKS) + " |")
@@ -193,7 +193,7 @@ def loss_table(title: str, report: dict[str, Any]) -> str:
 
 
 def sweep_table(reports: dict[str, dict[str, Any]]) -> str:
-    from trainer.evaluate import FRAME_TASKS
+    from rdtf.trainer.evaluate import FRAME_TASKS
 
     lines = ["Guidance sweep on the last synthetic checkpoint (held-out moving clips), PSNR dB / SSIM:", ""]
     lines += ["| text, image scale | " + " | ".join(FRAME_TASKS) + " |", "|---" * (len(FRAME_TASKS) + 1) + "|"]

@@ -91,7 +91,7 @@ def write_variants(stickers: list[tuple[Path, str]], count: int, small: int, fol
     but its bytes (and so its sample_id) are its own. Writes manifest.csv naming all of them and small.csv naming
     the first `small`; returns the paths in variant order.
     """
-    from pipeline.gif import parse_gif
+    from rdtf.pipeline.gif import parse_gif
 
     order = list(range(len(stickers)))
     random.Random(SEED).shuffle(order)
@@ -275,8 +275,8 @@ def run_pipeline(
     inputs: list[str], output: Path, processes: int, rows_per_shard: int, ray_tmpdir: str, measure_memory: bool
 ) -> PipelineRun:
     """One `run_preprocess` call, timed from outside; with the memory sampler running around it if asked."""
-    from pipeline.config import PreprocessConfig, RayConfig
-    from pipeline.runner import run_preprocess
+    from rdtf.pipeline.config import PreprocessConfig, RayConfig
+    from rdtf.pipeline.runner import run_preprocess
 
     cfg = PreprocessConfig(ray=RayConfig(num_cpus=processes, rows_per_shard=rows_per_shard))
     sampler = MemorySampler(ray_tmpdir)
@@ -299,10 +299,10 @@ def time_stages(
     paths: list[Path], captions: list[str], output: Path, rows_per_batch: int
 ) -> tuple[dict[str, float], int]:
     """Seconds per stage over `paths`, each stage called directly on batches in this process; and rows written."""
-    from pipeline.config import PreprocessConfig
-    from pipeline.hash_inputs import HashStage
-    from pipeline.runner import main_stages
-    from pipeline.write import ShardWriter
+    from rdtf.pipeline.config import PreprocessConfig
+    from rdtf.pipeline.hash_inputs import HashStage
+    from rdtf.pipeline.runner import main_stages
+    from rdtf.pipeline.write import ShardWriter
 
     cfg = PreprocessConfig()
     hash_stage = HashStage(cfg.decode.max_file_bytes)
@@ -481,7 +481,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.stickers / "manifest.csv").is_file():
         print(f"the sticker corpus is not at {args.stickers} (see --stickers)", file=sys.stderr)
         return 2
-    from pipeline.config import RayConfig
+    from rdtf.pipeline.config import RayConfig
 
     rows_per_shard = args.rows_per_shard or RayConfig().rows_per_shard
     ray_tmpdir = tempfile.mkdtemp(prefix="rdtf-bench-ray-", dir="/tmp")  # short: unix socket paths < 107 chars

@@ -45,10 +45,10 @@ def make(folder: Path, rows: int, seed: int) -> None:
     """The synthetic dataset: data/part-NNNNN.parquet in SAMPLE_SCHEMA and a card."""
     import pyarrow as pa
 
-    from pipeline.card import make_card
-    from pipeline.write import write_table
-    from schemas.dataset import SAMPLE_SCHEMA
-    from schemas.layout import DATA_DIR, DatasetLayout
+    from rdtf.pipeline.card import make_card
+    from rdtf.pipeline.write import write_table
+    from rdtf.schemas.dataset import SAMPLE_SCHEMA
+    from rdtf.schemas.layout import DATA_DIR, DatasetLayout
 
     layout = DatasetLayout.at(str(folder))
     rng = np.random.default_rng(seed)
@@ -145,7 +145,7 @@ def search_bench(reader, repeats: int) -> list[str]:
     """Markdown lines: the index's build and size, search time against numpy brute force, recall@20."""
     import faiss
 
-    from jobs.search_index import build
+    from rdtf.jobs.search_index import build
 
     start = time.perf_counter()
     index = build(reader, {"model": "synthetic", "weights": "random"})
@@ -190,8 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     import pandas as pd
 
-    from schemas.query import connect
-    from schemas.reader import open_dataset
+    from rdtf.schemas.query import connect
+    from rdtf.schemas.reader import open_dataset
 
     folder = args.out / f"rows{args.rows}"
     if not (folder / "card.json").is_file():

@@ -33,7 +33,7 @@ if str(REPO) not in sys.path:
 
 from provenance import code_version, machine  # noqa: E402
 
-from pipeline.config import BookkeepingConfig  # noqa: E402
+from rdtf.pipeline.config import BookkeepingConfig  # noqa: E402
 
 
 def sample_id(n: int) -> str:
@@ -45,9 +45,9 @@ def make(folder: Path, size: int, rows_per_shard: int) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from pipeline.write import write_table
-    from schemas.dataset import REJECT_SCHEMA, SAMPLE_SCHEMA
-    from schemas.layout import DATA_DIR, REJECTS_DIR, DatasetLayout
+    from rdtf.pipeline.write import write_table
+    from rdtf.schemas.dataset import REJECT_SCHEMA, SAMPLE_SCHEMA
+    from rdtf.schemas.layout import DATA_DIR, REJECTS_DIR, DatasetLayout
 
     layout = DatasetLayout.at(str(folder / "dataset"))
     uri = "/data/stickers/{:08d}.gif".format
@@ -99,16 +99,16 @@ def bookkeeping(folder: Path, rows_per_shard: int, memory_mb: int) -> dict:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from pipeline import ledger
-    from pipeline.blocks import block_rows, cut, write_blocks
-    from pipeline.card import count_outputs
-    from pipeline.config import BookkeepingConfig, InputConfig
-    from pipeline.dedupe import duplicates
-    from pipeline.discover import discover
-    from pipeline.runner import EARLY_REJECTS, HASH_OUTPUT, HASH_ROWS_PER_TASK, RESULTS, WORK
-    from pipeline.stage import NOT_DONE
-    from pipeline.workspace import Workspace
-    from schemas.layout import DATA_DIR, DatasetLayout
+    from rdtf.pipeline import ledger
+    from rdtf.pipeline.blocks import block_rows, cut, write_blocks
+    from rdtf.pipeline.card import count_outputs
+    from rdtf.pipeline.config import BookkeepingConfig, InputConfig
+    from rdtf.pipeline.dedupe import duplicates
+    from rdtf.pipeline.discover import discover
+    from rdtf.pipeline.runner import EARLY_REJECTS, HASH_OUTPUT, HASH_ROWS_PER_TASK, RESULTS, WORK
+    from rdtf.pipeline.stage import NOT_DONE
+    from rdtf.pipeline.workspace import Workspace
+    from rdtf.schemas.layout import DATA_DIR, DatasetLayout
 
     layout = DatasetLayout.at(str(folder / "dataset"))
     blocks = folder / "blocks"  # where a run writes its passes' input (its staging folder); kept out of the dataset
@@ -165,7 +165,7 @@ def measure(kind: str, folder: Path, rows_per_shard: int, memory_mb: int) -> dic
     """Run `kind` in this process: seconds and peak RSS above the baseline after imports."""
     import pyarrow  # noqa: F401  the baseline includes the libraries both kinds load
 
-    import pipeline.runner  # noqa: F401
+    import rdtf.pipeline.runner  # noqa: F401
 
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     started = time.perf_counter()

@@ -32,8 +32,8 @@ sys.path.insert(0, str(REPO))
 from diffusers import AutoencoderKL, UNet3DConditionModel  # noqa: E402
 from provenance import code_version, machine  # noqa: E402
 
-from trainer.dfgn import DFGN, read_model_config  # noqa: E402
-from trainer.masks import frame_mask, masked_mse  # noqa: E402
+from rdtf.trainer.dfgn import DFGN, read_model_config  # noqa: E402
+from rdtf.trainer.masks import frame_mask, masked_mse  # noqa: E402
 
 TEXT_TOKENS = 77  # open_clip context length
 SD_VAE = {  # the shape of Stable Diffusion's AutoencoderKL (factor 8, 4 latent channels); weights random here
@@ -230,9 +230,9 @@ def largest_batch(name: str, checkpointing: bool, args, device, dtype) -> int:
 
 def data_wait(name: str, args, device, dtype) -> dict:
     """The real loader feeding the step (with an SD-shaped VAE encode): the share of time spent waiting for data."""
-    from schemas.reader import open_dataset
-    from trainer.config import DataConfig
-    from trainer.data import ClipLoader, ParquetRows
+    from rdtf.schemas.reader import open_dataset
+    from rdtf.trainer.config import DataConfig
+    from rdtf.trainer.data import ClipLoader, ParquetRows
 
     model, channels = build(name, args)
     step, module = engine_for(model.to(device), args.batch, dtype == torch.bfloat16, args)

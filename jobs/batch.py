@@ -22,10 +22,10 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from jobs.ray_jobs import ADDRESS_ENV, connect, job_info, wait_until_done
-from jobs.submit import resolve, submit_preprocess
-from pipeline.lock import OutputLockedError
-from schemas.config import ConfigError, load, require
+from rdtf.jobs.ray_jobs import ADDRESS_ENV, connect, job_info, wait_until_done
+from rdtf.jobs.submit import resolve, submit_preprocess
+from rdtf.pipeline.lock import OutputLockedError
+from rdtf.schemas.config import ConfigError, load, require
 
 
 @dataclass

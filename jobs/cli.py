@@ -10,24 +10,24 @@ import sys
 from importlib.metadata import version
 from pathlib import Path
 
-from jobs.console import quiet_libraries
-from jobs.demo import add_demo_parser
-from jobs.launch import add_launch_parser
-from jobs.preprocess import add_preprocess_parser
-from jobs.query import add_query_parser
-from jobs.ray_jobs import ClusterError, add_jobs_parser
-from jobs.sample import add_sample_parser
-from jobs.search import add_search_parser
-from jobs.search_index import SearchError
-from jobs.stats import add_stats_parser
-from jobs.submit import add_submit_parser
-from jobs.train import add_train_parser
-from pipeline.discover import InputError
-from pipeline.lock import OutputLockedError
-from schemas.config import ConfigError
-from schemas.layout import UnsafeURIError
-from schemas.query import QueryError
-from schemas.reader import SchemaVersionError
+from rdtf.jobs.console import quiet_libraries
+from rdtf.jobs.demo import add_demo_parser
+from rdtf.jobs.launch import add_launch_parser
+from rdtf.jobs.preprocess import add_preprocess_parser
+from rdtf.jobs.query import add_query_parser
+from rdtf.jobs.ray_jobs import ClusterError, add_jobs_parser
+from rdtf.jobs.sample import add_sample_parser
+from rdtf.jobs.search import add_search_parser
+from rdtf.jobs.search_index import SearchError
+from rdtf.jobs.stats import add_stats_parser
+from rdtf.jobs.submit import add_submit_parser
+from rdtf.jobs.train import add_train_parser
+from rdtf.pipeline.discover import InputError
+from rdtf.pipeline.lock import OutputLockedError
+from rdtf.schemas.config import ConfigError
+from rdtf.schemas.layout import UnsafeURIError
+from rdtf.schemas.query import QueryError
+from rdtf.schemas.reader import SchemaVersionError
 
 
 def build_parser() -> argparse.ArgumentParser:

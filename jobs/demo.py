@@ -7,11 +7,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-from jobs.console import importing_quietly
-from jobs.corpus import make_corpus
-from pipeline.config import ClipConfig, PreprocessConfig
-from schemas.config import load
-from schemas.reader import open_dataset
+from rdtf.jobs.console import importing_quietly
+from rdtf.jobs.corpus import make_corpus
+from rdtf.pipeline.config import ClipConfig, PreprocessConfig
+from rdtf.schemas.config import load
+from rdtf.schemas.reader import open_dataset
 
 TINY_PRESET = Path(__file__).resolve().parent.parent / "configs" / "tiny.yaml"
 
@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"demo: made {len(made)} synthetic stickers (some deliberately broken) in {source}")
         source = os.path.join(source, "manifest.csv")
     dataset = os.path.join(args.out, "dataset")
-    from pipeline.runner import run_preprocess  # imported here: Ray loads slowly
+    from rdtf.pipeline.runner import run_preprocess  # imported here: Ray loads slowly
 
     summary = run_preprocess([source], dataset, PreprocessConfig(clip=DEMO_CLIP))
     print("\n".join(summary.lines()))
@@ -69,11 +69,11 @@ def run(args: argparse.Namespace) -> int:
 def train_and_sample(dataset: str, out: str, steps: int) -> None:
     """A short run of the tiny preset on this dataset (pixel space, random text tower), then samples: a t2v GIF and
     an interpolation of one of the dataset's stickers beside the real one."""
-    from trainer.config import TrainConfig  # imported here: torch, DeepSpeed and diffusers load slowly
+    from rdtf.trainer.config import TrainConfig  # imported here: torch, DeepSpeed and diffusers load slowly
 
     with importing_quietly():
-        from trainer.sample import SampleRequest, sample
-        from trainer.train import train
+        from rdtf.trainer.sample import SampleRequest, sample
+        from rdtf.trainer.train import train
 
     run_dir, gif = os.path.join(out, "run"), os.path.join(out, "sample_t2v.gif")
     overrides = {"run.max_steps": steps, "run.checkpoint_every": steps, "curriculum.length": steps}
@@ -97,9 +97,9 @@ def show_interpolation(dataset: str, run_dir: str, out: str) -> tuple[str, str]:
     generated frames as a picture (interpolation.png) and side by side as a GIF (interpolation.gif)."""
     import numpy as np
 
-    from trainer.evaluate import read_clips
-    from trainer.media import frame_grid, read_frames, write_gif
-    from trainer.sample import GIVEN, SampleRequest, load_run_config, sample
+    from rdtf.trainer.evaluate import read_clips
+    from rdtf.trainer.media import frame_grid, read_frames, write_gif
+    from rdtf.trainer.sample import GIVEN, SampleRequest, load_run_config, sample
 
     size = load_run_config(run_dir).latent.resolution
     row, real = read_clips(dataset, 1, 8, size)[0]

@@ -20,10 +20,10 @@ import subprocess
 import sys
 from typing import Any
 
-from jobs.ray_jobs import ADDRESS_ENV, connect, follow, outcome, working_dir
-from jobs.submit import cluster_path
-from jobs.train import FLAG_KEYS, parse_sets
-from schemas.config import ConfigError, load, to_dict
+from rdtf.jobs.ray_jobs import ADDRESS_ENV, connect, follow, outcome, working_dir
+from rdtf.jobs.submit import cluster_path
+from rdtf.jobs.train import FLAG_KEYS, parse_sets
+from rdtf.schemas.config import ConfigError, load, to_dict
 
 CONFIG_FILE = "rdtf_train_config.json"  # the resolved config, in a Ray job's working_dir
 
@@ -83,12 +83,12 @@ def deepspeed_command(args: argparse.Namespace) -> list[str]:
         command += ["--hostfile", args.hostfile]
     if args.num_gpus is not None:
         command += ["--num_gpus", str(args.num_gpus)]
-    command += ["--master_port", str(args.master_port or _free_port()), "--module", "jobs.cli", "train"]
+    command += ["--master_port", str(args.master_port or _free_port()), "--module", "rdtf.jobs.cli", "train"]
     return command + ["--config", args.config, "--data", args.data, "--out", args.out, *_train_args(args)]
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from trainer.config import TrainConfig  # imported here: `rdtf --help` stays fast
+    from rdtf.trainer.config import TrainConfig  # imported here: `rdtf --help` stays fast
 
     overrides = {FLAG_KEYS["steps"]: args.steps} if args.steps is not None else {}
     cfg = load(TrainConfig, args.config, overrides | parse_sets(args.sets))  # a bad key fails here, before launching
@@ -106,7 +106,7 @@ def _submit_ray(args: argparse.Namespace, config: dict[str, Any]) -> int:
     client = connect(args.address)
     entrypoint = shlex.join(
         [
-            *("python", "-m", "jobs.ray_train", "--config", CONFIG_FILE, "--data", data, "--out", out),
+            *("python", "-m", "rdtf.jobs.ray_train", "--config", CONFIG_FILE, "--data", data, "--out", out),
             *("--num-workers", str(args.num_workers), "--cpus-per-worker", str(args.cpus_per_worker)),
             *(["--use-gpu"] if args.use_gpu else []),
         ]

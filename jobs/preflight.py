@@ -6,7 +6,7 @@ How: the driver writes a token file into the output; one task pinned to each nod
 the work) checks that the inputs exist there, reads the token back (a node-local output has none, or another) and
 writes a file of its own, which the driver then must see.
 
-Run by `rdtf submit` jobs before `rdtf preprocess`: `python -m jobs.preflight INPUT... --out OUT`.
+Run by `rdtf submit` jobs before `rdtf preprocess`: `python -m rdtf.jobs.preflight INPUT... --out OUT`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import uuid
 
 import pyarrow.fs as pafs
 
-from schemas.layout import DatasetLayout, resolve
+from rdtf.schemas.layout import DatasetLayout, resolve
 
 PREFLIGHT_FILE = "_preflight"  # prefix of the files this check writes into the output and removes
 
@@ -101,7 +101,7 @@ def preflight(inputs: list[str], out: str) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m jobs.preflight")
+    parser = argparse.ArgumentParser(prog="python -m rdtf.jobs.preflight")
     parser.add_argument("inputs", nargs="+")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from pipeline.config import PreprocessConfig
-from schemas.config import load
+from rdtf.pipeline.config import PreprocessConfig
+from rdtf.schemas.config import load
 
 # flag -> dotted config key; flags override the --config file.
 FLAG_KEYS = {
@@ -113,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
     if args.no_clip:
         overrides["clip.weights"] = None
     cfg = load(PreprocessConfig, args.config, overrides)
-    from pipeline.runner import run_preprocess  # imported here: Ray loads slowly, and train/sample never need it
+    from rdtf.pipeline.runner import run_preprocess  # imported here: Ray loads slowly, and train/sample never need it
 
     summary = run_preprocess(args.inputs, args.out, cfg, show_progress=False if args.no_progress else None)
     print("\n".join(summary.lines()))

@@ -13,10 +13,10 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from pipeline.card import make_card
-from schemas.dataset import SAMPLE_SCHEMA
-from schemas.layout import DATA_DIR, TEMP_PREFIX, DatasetLayout
-from schemas.query import QueryError, connect, relation, stream
+from rdtf.pipeline.card import make_card
+from rdtf.schemas.dataset import SAMPLE_SCHEMA
+from rdtf.schemas.layout import DATA_DIR, TEMP_PREFIX, DatasetLayout
+from rdtf.schemas.query import QueryError, connect, relation, stream
 
 FORMATS = ("table", "csv", "json", "parquet")
 SHARD_ROWS = 10_000  # rows per Parquet file of a --to dataset
@@ -120,6 +120,11 @@ def write_subset(con: duckdb.DuckDBPyConnection, sql: str, parent: str, target: 
         card = make_card(parent_card.get("config", {}), "complete", counts, None, parent_card.get("clip"))
         card["derived_from"] = {"dataset": parent, "query": sql, "parent_counts": parent_card.get("counts")}
         layout.write_card(card)
+    except (duckdb.Error, pa.ArrowException, OSError, ValueError) as error:
+        # Raised while rows stream: the query failed on a row (DuckDB's error, passed on by pyarrow's reader as
+        # OSError), a value does not fit the dataset's schema (a NULL sample_id), or the target cannot be written.
+        _remove(layout, created)
+        raise QueryError(f"--to {target}: {str(error).strip().splitlines()[0]}; nothing was kept") from None
     except BaseException:
         _remove(layout, created)
         raise

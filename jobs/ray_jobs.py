@@ -23,14 +23,11 @@ from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import urlparse
 
-from jobs.console import importing_quietly
+from rdtf.jobs.console import importing_quietly
 
 ADDRESS_ENV = "RAY_API_SERVER_ADDRESS"  # Ray's own variable for the job API (`ray job` reads it too)
 CONNECT_TIMEOUT_S = 5.0  # an unreachable head fails within this, not after the OS's TCP timeout (minutes)
 LOG_TAIL_LINES = 40  # lines of a failed job's log printed at the end
-# This checkout's packages, shipped with every job: the cluster needs only the dependencies (`make install`), and a
-# job runs the code of the checkout that submitted it.
-PACKAGES = ("jobs", "pipeline", "schemas", "trainer")
 
 
 class ClusterError(RuntimeError):
@@ -75,28 +72,26 @@ def connect(address: str | None) -> Any:
         raise ClusterError(f"the Ray job API at {url} refused the connection: {error}") from error
 
 
-def package_dirs() -> list[Path]:
-    """The folders of PACKAGES in this checkout (or installation)."""
-    dirs = []
-    for name in PACKAGES:
-        spec = importlib.util.find_spec(name)
-        if spec is None or not spec.submodule_search_locations:
-            raise ClusterError(f"cannot find the package {name!r} of this checkout to ship with the job")
-        dirs.append(Path(list(spec.submodule_search_locations)[0]))
-    return dirs
+def package_dir() -> Path:
+    """The folder of this checkout's (or installation's) `rdtf` package: shipped with every job, so the cluster needs
+    only the dependencies (`make install`) and a job runs the code of the checkout that submitted it."""
+    spec = importlib.util.find_spec("rdtf")
+    if spec is None or not spec.submodule_search_locations:
+        raise ClusterError("cannot find the package 'rdtf' of this checkout to ship with the job")
+    return Path(list(spec.submodule_search_locations)[0])
 
 
 @contextmanager
 def working_dir(files: dict[str, str]) -> Iterator[str]:
-    """A temporary folder with this checkout's packages and `files` (name -> text): a job's `working_dir`.
+    """A temporary folder with this checkout's `rdtf` package and `files` (name -> text): a job's `working_dir`.
 
     Ray uploads it at submission (content-addressed: an unchanged checkout is uploaded once), unpacks it on every
     node, starts the job's driver in it and puts it first on every worker's sys.path, so the job runs this checkout
-    even where an older rdtf is installed.
+    even where an older rdtf is installed. In a checkout `rdtf/` links to the layout's folders; the copy holds them.
     """
     with tempfile.TemporaryDirectory(prefix="rdtf-job-") as folder:
-        for package in package_dirs():
-            shutil.copytree(package, Path(folder) / package.name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+        shutil.copytree(package_dir(), Path(folder) / "rdtf", ignore=ignore)  # symlinks=False: links are followed
         for name, text in files.items():
             (Path(folder) / name).write_text(text)
         yield folder

@@ -5,7 +5,7 @@ WORLD_SIZE and LOCAL_RANK; the trainer finds the group made and DeepSpeed joins 
 Checkpoints are the trainer's own (DeepSpeed's, in RUN/checkpoints on storage every node reaches): a worker group
 that Ray restarts, or a job launched again on the same RUN, resumes from the last one.
 
-Run by the job only: `python -m jobs.ray_train --config rdtf_train_config.json --data D --out RUN --num-workers N`.
+Run by the job only: `python -m rdtf.jobs.ray_train --config rdtf_train_config.json --data D --out RUN --num-workers N`.
 """
 
 from __future__ import annotations
@@ -21,13 +21,13 @@ def train_loop(config: dict[str, Any]) -> None:
     """One Ray Train worker: the same `train()` as `rdtf train`, then the summary reported to Ray Train."""
     import ray.train
 
-    from jobs.console import importing_quietly, quiet_libraries
-    from schemas.config import from_dict
-    from trainer.config import TrainConfig
+    from rdtf.jobs.console import importing_quietly, quiet_libraries
+    from rdtf.schemas.config import from_dict
+    from rdtf.trainer.config import TrainConfig
 
     quiet_libraries()
     with importing_quietly():
-        from trainer.train import train
+        from rdtf.trainer.train import train
 
     summary = train(from_dict(TrainConfig, config["config"]), config["data"], config["out"])
     if summary.is_main:
@@ -36,7 +36,7 @@ def train_loop(config: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m jobs.ray_train")
+    parser = argparse.ArgumentParser(prog="python -m rdtf.jobs.ray_train")
     parser.add_argument("--config", required=True)
     parser.add_argument("--data", required=True)
     parser.add_argument("--out", required=True)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from jobs.console import importing_quietly
-from trainer.masks import TASKS
+from rdtf.jobs.console import importing_quietly
+from rdtf.trainer.masks import TASKS
 
 
 def add_sample_parser(commands: Any) -> None:
@@ -40,7 +40,7 @@ def add_sample_parser(commands: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     with importing_quietly():
-        from trainer.sample import NEEDS_GIF, NEEDS_IMAGE, SampleRequest, sample
+        from rdtf.trainer.sample import NEEDS_GIF, NEEDS_IMAGE, SampleRequest, sample
 
     if args.task in NEEDS_IMAGE and not args.image:
         args.parser.error(f"--task {args.task} needs --image (the given frame)")

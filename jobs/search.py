@@ -11,12 +11,14 @@ import argparse
 import os
 import shutil
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
-from jobs.search_index import SearchError, SearchIndex, build, load, save
-from schemas.reader import open_dataset
+from rdtf.jobs.search_index import SearchError, build, load, save
+from rdtf.schemas.reader import open_dataset
 
 
 def add_search_parser(commands: Any) -> None:
@@ -45,26 +47,46 @@ def run(args: argparse.Namespace) -> int:
         args.parser.error("give TEXT or --image FILE (one of them)")
     if args.k < 1:
         args.parser.error("-k must be at least 1")
-    reader = open_dataset(args.dataset)
-    clip = (reader.card.get("clip") or {}) if reader.card else {}
-    if clip.get("status") == "skipped" or "model" not in clip:
-        raise SearchError(f"{args.dataset} has no CLIP embeddings: preprocess it with --clip-weights PATH to search it")
-    encoder = QueryEncoder(clip, args.clip_weights, int(reader.card.get("config", {}).get("clip", {}).get("seed", 0)))
-    index = None if args.rebuild else load(reader.layout)
-    if index is None:
-        print(f"building the search index of {args.dataset} (once; rebuilt when its files change) ...", file=sys.stderr)
-        index = build(reader, clip)
-        save(reader.layout, index)
-    if args.text is not None:
-        vector = encoder.text(args.text)
-    else:
-        vector = encoder.image(args.image, reader.card["config"]["decode"])
-    print_results(index, vector, args.k)
+
+    def announce(message: str) -> None:
+        print(message, file=sys.stderr)
+
+    found = search(args.dataset, args.text, image=args.image, k=args.k, clip_weights=args.clip_weights,
+                   rebuild=args.rebuild, announce=announce)  # fmt: skip
+    print_results(found)
     return 0
 
 
-def print_results(index: SearchIndex, vector: np.ndarray, k: int) -> None:
-    found = index.search(vector, k)
+def search(
+    dataset: str,
+    text: str | None = None,
+    *,
+    image: str | None = None,
+    k: int = 20,
+    clip_weights: str | None = None,
+    rebuild: bool = False,
+    announce: Callable[[str], None] | None = None,
+) -> pa.Table:
+    """The k stickers of `dataset` nearest to `text` (or to the example file `image`), best first: sample_id,
+    source_uri, caption and `score` (cosine similarity). Builds or refreshes the index in DATASET/index/ first."""
+    if (text is None) == (image is None):
+        raise SearchError("give a text or an image to search for (one of them)")
+    reader = open_dataset(dataset)
+    clip = (reader.card.get("clip") or {}) if reader.card else {}
+    if clip.get("status") == "skipped" or "model" not in clip:
+        raise SearchError(f"{dataset} has no CLIP embeddings: preprocess it with --clip-weights PATH to search it")
+    encoder = QueryEncoder(clip, clip_weights, int(reader.card.get("config", {}).get("clip", {}).get("seed", 0)))
+    index = None if rebuild else load(reader.layout)
+    if index is None:
+        if announce:
+            announce(f"building the search index of {dataset} (once; rebuilt when its files change) ...")
+        index = build(reader, clip)
+        save(reader.layout, index)
+    vector = encoder.text(text) if text is not None else encoder.image(image, reader.card["config"]["decode"])
+    return index.search(vector, k)
+
+
+def print_results(found: pa.Table) -> None:
     width = max(20, min(80, shutil.get_terminal_size((160, 24)).columns - 40))
     print(f"{'rank':>4} {'score':>6}  {'sample_id':<12}  caption / source")
     for rank, row in enumerate(found.to_pylist(), start=1):
@@ -76,18 +98,19 @@ class QueryEncoder:
     """The dataset's CLIP model, loaded from the checkpoint the card names (checked by sha256), on the CPU."""
 
     def __init__(self, clip: dict[str, Any], weights: str | None, seed: int):
-        from pipeline.clip_models import file_sha256, load_model, resolve
-        from schemas.config import ConfigError
+        from rdtf.pipeline.clip_models import RANDOM, checkpoint_path, file_sha256, load_model, resolve
+        from rdtf.schemas.config import ConfigError
 
         source = weights or clip["weights"]
         try:
             resolved = resolve("--clip-weights", "clip.model", clip["model"], source)
+            path = checkpoint_path(resolved)  # the file itself, a pretrained tag's cached download, or None (random)
         except ConfigError as error:
             raise SearchError(
                 f"the dataset's embeddings were made by {clip['model']} with weights {clip['weights']!r}, which "
                 f"cannot be loaded here ({error}): pass --clip-weights PATH to the same checkpoint"
             ) from None
-        found = file_sha256(source) if resolved.kind == "file" else resolved.sha256 or source
+        found = file_sha256(path) if path else RANDOM  # as the pipeline recorded it (Weights.sha256)
         expected = clip.get("weights_sha256") or clip["weights"]
         if found != expected:
             raise SearchError(
@@ -115,9 +138,9 @@ class QueryEncoder:
         embedded, and the unit embeddings averaged and normalised. Big or hostile files are the user's own here."""
         import torch
 
-        from pipeline.frame_readers import sampled_frames
-        from pipeline.probe import probe
-        from pipeline.stage import Reject
+        from rdtf.pipeline.frame_readers import sampled_frames
+        from rdtf.pipeline.probe import probe
+        from rdtf.pipeline.stage import Reject
 
         if not os.path.isfile(path):
             raise SearchError(f"--image {path}: no such file")

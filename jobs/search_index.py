@@ -21,8 +21,8 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.ipc as ipc
 
-from schemas.layout import DATA_DIR, TEMP_PREFIX, DatasetLayout
-from schemas.reader import DatasetReader
+from rdtf.schemas.layout import DATA_DIR, TEMP_PREFIX, DatasetLayout
+from rdtf.schemas.reader import DatasetReader
 
 INDEX_DIR = "index"
 FLAT_MAX = 50_000  # rows up to which the index is exact

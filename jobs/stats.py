@@ -13,8 +13,8 @@ from typing import Any
 
 import duckdb
 
-from schemas.query import connect
-from schemas.reader import DatasetReader, open_dataset
+from rdtf.schemas.query import connect
+from rdtf.schemas.reader import DatasetReader, open_dataset
 
 BINS = 10  # bars per histogram
 TOP_TAGS = 15
@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     stats = compute(reader, args.dataset)
     print(render_text(stats))
     if args.html:
-        from jobs.stats_page import write_page
+        from rdtf.jobs.stats_page import write_page
 
         thumbnails = write_page(stats, reader, args.html)
         print(f"\nwrote {args.html} ({thumbnails} thumbnails)")

@@ -17,11 +17,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from jobs.stats import DatasetStats, Histogram
-from schemas.frames import decode_frames
-from schemas.layout import resolve
-from schemas.query import connect
-from schemas.reader import DatasetReader
+from rdtf.jobs.stats import DatasetStats, Histogram
+from rdtf.schemas.frames import decode_frames
+from rdtf.schemas.layout import resolve
+from rdtf.schemas.query import connect
+from rdtf.schemas.reader import DatasetReader
 
 THUMB = 96  # pixels, the longer side of a thumbnail
 REJECTS_PER_REASON = 3

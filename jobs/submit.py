@@ -2,7 +2,7 @@
 
 The config is resolved here (--config, then --set) and shipped with this checkout's packages in the job's
 `working_dir` (jobs/ray_jobs.py); the job runs a preflight (jobs/preflight.py: every node reads the inputs and
-shares the output), then `python -m jobs.cli preprocess ... --config` on the head node, which reaches the cluster's
+shares the output), then `python -m rdtf.jobs.cli preprocess ... --config` on the head node, which reaches the cluster's
 workers from there.
 
 One writer per output:
@@ -25,12 +25,12 @@ import shlex
 import sys
 from typing import Any
 
-from jobs.ray_jobs import ADDRESS_ENV, ClusterError, connect, follow, outcome, working_dir
-from jobs.train import parse_sets
-from pipeline.config import PreprocessConfig
-from pipeline.lock import JOB_ENV, OutputLock, OutputLockedError, describe
-from schemas.config import ConfigError, load, to_dict
-from schemas.layout import DatasetLayout, check_uri
+from rdtf.jobs.ray_jobs import ADDRESS_ENV, ClusterError, connect, follow, outcome, working_dir
+from rdtf.jobs.train import parse_sets
+from rdtf.pipeline.config import PreprocessConfig
+from rdtf.pipeline.lock import JOB_ENV, OutputLock, OutputLockedError, describe
+from rdtf.schemas.config import ConfigError, load, to_dict
+from rdtf.schemas.layout import DatasetLayout, check_uri
 
 CONFIG_FILE = "rdtf_config.json"  # the resolved config, in the job's working_dir
 ID_PREFIX = "rdtf-preprocess-"
@@ -70,7 +70,7 @@ def add_submit_parser(commands: Any) -> None:
     )
     preprocess.add_argument("--wait", action="store_true", help="follow the log; exit with the job's outcome")
     preprocess.set_defaults(run=run_preprocess)
-    from jobs.batch import add_batch_parser  # imported here: jobs.batch builds on this module
+    from rdtf.jobs.batch import add_batch_parser  # imported here: jobs.batch builds on this module
 
     add_batch_parser(kinds)
 
@@ -151,8 +151,8 @@ def submit_preprocess(client: Any, inputs: list[str], out: str, config: dict[str
     _check_lock(out)
     job_id = _next_attempt(client, base)
     # The head's `python`: Ray must be started from the project's environment (ray_cluster.yaml).
-    command = ["python", "-m", "jobs.cli", "preprocess", *inputs, "--out", out, "--config", CONFIG_FILE]
-    preflight = ["python", "-m", "jobs.preflight", *inputs, "--out", out]  # every node reads and shares the paths
+    command = ["python", "-m", "rdtf.jobs.cli", "preprocess", *inputs, "--out", out, "--config", CONFIG_FILE]
+    preflight = ["python", "-m", "rdtf.jobs.preflight", *inputs, "--out", out]  # every node reads and shares the paths
     with working_dir({CONFIG_FILE: json.dumps(config, indent=2)}) as folder:
         runtime_env = {"working_dir": folder, "env_vars": JOB_ENV_VARS | {JOB_ENV: job_id}}
         metadata = {"rdtf_command": "preprocess", "rdtf_output": out, "rdtf_work": base}

@@ -11,8 +11,8 @@ from typing import Any
 
 import yaml
 
-from jobs.console import importing_quietly
-from schemas.config import ConfigError, load
+from rdtf.jobs.console import importing_quietly
+from rdtf.schemas.config import ConfigError, load
 
 # flag -> dotted config key; flags and --set override the --config file.
 FLAG_KEYS = {
@@ -64,10 +64,10 @@ def add_train_parser(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from trainer.config import TrainConfig  # imported here: `rdtf --help` stays fast
+    from rdtf.trainer.config import TrainConfig  # imported here: `rdtf --help` stays fast
 
     with importing_quietly():
-        from trainer.train import train
+        from rdtf.trainer.train import train
 
     overrides = {key: getattr(args, flag) for flag, key in FLAG_KEYS.items() if getattr(args, flag) is not None}
     cfg = load(TrainConfig, args.config, overrides | parse_sets(args.sets))

@@ -6,9 +6,9 @@ import time
 from importlib.metadata import version
 from typing import Any
 
-from schemas.dataset import SCHEMA_VERSION
-from schemas.frames import FRAME_FORMAT
-from schemas.layout import DATA_DIR, REJECTS_DIR, DatasetLayout
+from rdtf.schemas.dataset import SCHEMA_VERSION
+from rdtf.schemas.frames import FRAME_FORMAT
+from rdtf.schemas.layout import DATA_DIR, REJECTS_DIR, DatasetLayout
 
 
 def software_version() -> str:

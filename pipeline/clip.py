@@ -22,10 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.clip_models import Weights, check_weights, load_model, resolve
-from pipeline.config import ClipConfig
-from pipeline.stage import STATUS_COLUMNS, Batch, Reject, Resources, Stage
-from schemas.config import ConfigError
+from rdtf.pipeline.clip_models import Weights, check_weights, load_model, resolve
+from rdtf.pipeline.config import ClipConfig
+from rdtf.pipeline.stage import STATUS_COLUMNS, Batch, Reject, Resources, Stage
+from rdtf.schemas.config import ConfigError
 
 VOCABULARY = Path(__file__).with_name("sticker_vocabulary.txt")
 # One prompt for every tag, in the style of CLIP's zero-shot prompts ("a photo of a {}."); captions made from tags

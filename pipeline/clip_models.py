@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from schemas.config import ConfigError
+from rdtf.schemas.config import ConfigError
 
 CONFIG_DIR = Path(__file__).with_name("clip_configs")  # small configs, registered under their file names
 RANDOM = "random"
@@ -82,7 +82,7 @@ def resolve(key: str, model_key: str, model: str, source: str) -> Weights:
     )
 
 
-def _checkpoint_path(weights: Weights) -> str | None:
+def checkpoint_path(weights: Weights) -> str | None:
     """The local file to load: the path itself, the download of a tag (fetched now), or None for random weights."""
     import open_clip
     from open_clip.pretrained import download_pretrained, get_pretrained_cfg
@@ -109,7 +109,7 @@ def load_model(weights: Weights, seed: int, device: str = "cpu", precision: str 
     register_configs()
     torch.manual_seed(seed)
     model = open_clip.create_model(
-        weights.model, pretrained=_checkpoint_path(weights), device=device, precision=precision
+        weights.model, pretrained=checkpoint_path(weights), device=device, precision=precision
     )
     return model.eval()
 
@@ -117,7 +117,7 @@ def load_model(weights: Weights, seed: int, device: str = "cpu", precision: str 
 def check_weights(key: str, model_key: str, model: str, source: str, seed: int, captioner: bool = False) -> Weights:
     """Resolve `source` and load it once on this CPU: a clear ConfigError now instead of failing actors later."""
     weights = resolve(key, model_key, model, source)
-    path = _checkpoint_path(weights)
+    path = checkpoint_path(weights)
     try:
         loaded = load_model(weights, seed)
     except Exception as error:

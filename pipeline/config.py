@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from schemas.config import require
+from rdtf.schemas.config import require
 
 # Extensions that folder and glob discovery pick up; manifests may name any file.
 STICKER_EXTENSIONS = ("gif", "webp", "png", "apng", "jpg", "jpeg", "mp4", "webm")

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.config import DecodeConfig
-from pipeline.frame_readers import LIBRARIES, sampled_frames
-from pipeline.isolation import decoder_process
-from pipeline.probe import complete_part, probe, sniff
-from pipeline.read_bytes import read_bytes
-from pipeline.stage import Reject, Resources, Stage
+from rdtf.pipeline.config import DecodeConfig
+from rdtf.pipeline.frame_readers import LIBRARIES, sampled_frames
+from rdtf.pipeline.isolation import decoder_process
+from rdtf.pipeline.probe import complete_part, probe, sniff
+from rdtf.pipeline.read_bytes import read_bytes
+from rdtf.pipeline.stage import Reject, Resources, Stage
 
 
 def decoder_resources(cfg: DecodeConfig, memory_per_row: int = 0) -> Resources:

@@ -23,10 +23,10 @@ import pyarrow.fs as pafs
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
-from pipeline.config import InputConfig
-from pipeline.read_bytes import file_version
-from pipeline.workspace import Workspace
-from schemas.layout import SCHEMES, UnsafeURIError, check_uri, resolve
+from rdtf.pipeline.config import InputConfig
+from rdtf.pipeline.read_bytes import file_version
+from rdtf.pipeline.workspace import Workspace
+from rdtf.schemas.layout import SCHEMES, UnsafeURIError, check_uri, resolve
 
 MANIFEST_SUFFIXES = (".csv", ".jsonl", ".json", ".parquet")
 MANIFEST_BATCH = 65_536  # manifest rows read at a time

@@ -14,8 +14,8 @@ import numpy as np
 from PIL import Image
 from skimage.exposure import histogram
 
-from pipeline.config import DifficultyConfig
-from pipeline.stage import Stage
+from rdtf.pipeline.config import DifficultyConfig
+from rdtf.pipeline.stage import Stage
 
 MAX_BITS = 8.0  # entropy of a uniform 256-level histogram
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.config import FilterConfig
-from pipeline.stage import Reject, Stage
+from rdtf.pipeline.config import FilterConfig
+from rdtf.pipeline.stage import Reject, Stage
 
 
 class MetadataFilterStage(Stage):

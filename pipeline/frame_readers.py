@@ -13,10 +13,10 @@ import io
 import numpy as np
 from PIL import Image
 
-from pipeline.canvas import to_canvas
-from pipeline.gif import composite, parse_gif
-from pipeline.sampling import schedule
-from pipeline.stage import Reject
+from rdtf.pipeline.canvas import to_canvas
+from rdtf.pipeline.gif import composite, parse_gif
+from rdtf.pipeline.sampling import schedule
+from rdtf.pipeline.stage import Reject
 
 
 def _gif_frames(data: bytes, wanted: set[int]) -> dict[int, Image.Image]:

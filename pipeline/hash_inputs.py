@@ -5,8 +5,8 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from pipeline.read_bytes import read_input
-from pipeline.stage import Stage
+from rdtf.pipeline.read_bytes import read_input
+from rdtf.pipeline.stage import Stage
 
 
 def content_hash(data: bytes) -> str:

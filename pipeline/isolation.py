@@ -4,7 +4,7 @@ never the Ray worker, its task (which Ray would retry on the same input) or the 
 attackers: it is no security sandbox.
 
 How, and why so:
-- A fresh interpreter (`python -m pipeline.isolation`), not a multiprocessing child: fork is unsafe in a threaded
+- A fresh interpreter (`python -m rdtf.pipeline.isolation`), not a multiprocessing child: fork is unsafe in a threaded
   Ray worker, and spawn and forkserver children re-import the parent's `__main__` (in a Ray worker, Ray's worker
   script). It imports only numpy, Pillow and the decoders: it starts in 0.15 s and holds 34 MB here, where
   anything that imports `schemas` (pyarrow, pandas) takes 0.4 s and 123 MB before decoding anything.
@@ -19,7 +19,7 @@ How, and why so:
   out of band) and received in place: a sticker's frames (16 x 256 x 256 x 3 bytes) cross in 0.6 ms, against 8.6 ms
   through multiprocessing's Connection, which copies them into and out of the pickle.
 
-Run directly only by DecoderProcess: `python -m pipeline.isolation FD MAX_MEMORY_MB`.
+Run directly only by DecoderProcess: `python -m rdtf.pipeline.isolation FD MAX_MEMORY_MB`.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from pipeline.stage import Reject
+from rdtf.pipeline.stage import Reject
 
 # A child's start-up: an interpreter and the decoders' imports, 0.1 s here; generous for a node under load.
 START_TIMEOUT_S = 120.0
@@ -117,7 +117,7 @@ class DecoderProcess:
         env = {**os.environ, "MALLOC_ARENA_MAX": "2"}
         with child:
             self._process = subprocess.Popen(
-                [sys.executable, "-m", "pipeline.isolation", str(child.fileno()), str(self.max_memory_mb)],
+                [sys.executable, "-m", "rdtf.pipeline.isolation", str(child.fileno()), str(self.max_memory_mb)],
                 pass_fds=(child.fileno(),),
                 stdin=subprocess.DEVNULL,
                 env=env,
@@ -277,8 +277,8 @@ def serve(fd: int, max_memory_mb: int) -> None:
     """The child: import the decoders, cap memory, then answer one request at a time until the parent closes."""
     from PIL import Image
 
-    import pipeline.frame_readers  # noqa: F401 -- imported before the cap is measured, so imports do not count
-    import pipeline.probe  # noqa: F401
+    import rdtf.pipeline.frame_readers  # noqa: F401 -- imported before the cap is measured, so imports do not count
+    import rdtf.pipeline.probe  # noqa: F401
 
     Image.init()  # Pillow imports its format plugins on first use: here, outside the limits, instead
     threading.Thread(target=_exit_when_orphaned, args=(os.getppid(),), daemon=True).start()

@@ -15,8 +15,8 @@ import numpy as np
 from PIL import Image
 from scipy.cluster.vq import kmeans2
 
-from pipeline.stage import Stage
-from schemas.dataset import KEYFRAME_COUNTS
+from rdtf.pipeline.stage import Stage
+from rdtf.schemas.dataset import KEYFRAME_COUNTS
 
 THUMBNAIL = 8  # 8x8x3 = 192 numbers per frame: enough to tell poses apart, cheap to cluster
 

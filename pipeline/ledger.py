@@ -21,11 +21,11 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from pipeline.workspace import Workspace
-from pipeline.write import write_table
-from schemas.dataset import REJECT_SCHEMA, SAMPLE_SCHEMA
-from schemas.layout import DATA_DIR, REJECTS_DIR, DatasetLayout
-from schemas.reader import check_metadata
+from rdtf.pipeline.workspace import Workspace
+from rdtf.pipeline.write import write_table
+from rdtf.schemas.dataset import REJECT_SCHEMA, SAMPLE_SCHEMA
+from rdtf.schemas.layout import DATA_DIR, REJECTS_DIR, DatasetLayout
+from rdtf.schemas.reader import check_metadata
 
 # One row per row or reject in the dataset; `reason` is null for rows.
 LEDGER_SCHEMA = pa.schema(

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import pyarrow.fs as pafs
 
-from schemas.layout import DatasetLayout
+from rdtf.schemas.layout import DatasetLayout
 
 log = logging.getLogger("rdtf.preprocess")
 

@@ -29,9 +29,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.write import shard_name, write_table
-from schemas.dataset import REJECT_SCHEMA
-from schemas.layout import DATA_DIR, REJECTS_DIR, DatasetLayout
+from rdtf.pipeline.write import shard_name, write_table
+from rdtf.schemas.dataset import REJECT_SCHEMA
+from rdtf.schemas.layout import DATA_DIR, REJECTS_DIR, DatasetLayout
 
 STAGE = "near_duplicates"
 REASON = "near_duplicate"

@@ -20,10 +20,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from pipeline.blocks import Block, read_blocks
-from pipeline.config import RayConfig
-from pipeline.stage import STATUS_COLUMNS, Resources, Stage
-from schemas.dataset import SAMPLE_SCHEMA
+from rdtf.pipeline.blocks import Block, read_blocks
+from rdtf.pipeline.config import RayConfig
+from rdtf.pipeline.stage import STATUS_COLUMNS, Resources, Stage
+from rdtf.schemas.dataset import SAMPLE_SCHEMA
 
 # Columns whose values are numpy arrays; they travel in .npy format, which carries their dtype and shape.
 ARRAY_COLUMNS = ("frames", "clip_pixels", "frame_embeddings")

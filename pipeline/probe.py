@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from pipeline.gif import parse_gif
-from pipeline.stage import Reject
+from rdtf.pipeline.gif import parse_gif
+from rdtf.pipeline.stage import Reject
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PNG_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the whole chunk: no payload, and its CRC

@@ -12,8 +12,8 @@ import time
 
 import pyarrow.fs as pafs
 
-from pipeline.stage import NotDone, Reject
-from schemas.layout import resolve
+from rdtf.pipeline.stage import NotDone, Reject
+from rdtf.schemas.layout import resolve
 
 ATTEMPTS = 4  # reads of one input before it is left for the next run
 BACKOFF_S = 0.5  # wait before the second attempt; doubled before each later one (0.5, 1, 2 s)

@@ -36,29 +36,28 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from tqdm import tqdm
 
-import pipeline
-import pipeline.ledger as ledger
-import schemas
-from pipeline.blocks import Block, block_rows, cut, write_blocks
-from pipeline.card import count_outputs, make_card
-from pipeline.clip import ClipInputStage, ClipSetup, ClipStage, prepare
-from pipeline.clip_models import RANDOM_WARNING
-from pipeline.config import PreprocessConfig, RayConfig
-from pipeline.decode import DecodeStage, ProbeStage
-from pipeline.dedupe import duplicates
-from pipeline.discover import InputError, discover
-from pipeline.entropy import EntropyStage
-from pipeline.filters import EntropyFilterStage, MetadataFilterStage
-from pipeline.hash_inputs import HashStage
-from pipeline.keyframes import KeyframeStage
-from pipeline.lock import OutputLock, OutputLockedError
-from pipeline.near_duplicates import drop_rejected_rows, near_duplicate_pass
-from pipeline.plan import run_stages
-from pipeline.stage import NOT_DONE, STATUS_COLUMNS, Stage, check_chain
-from pipeline.workspace import Workspace
-from pipeline.write import EncodeFramesStage, ShardWriter, clear_staging, publish, write_rejects
-from schemas.config import ConfigError, to_dict
-from schemas.layout import DATA_DIR, DatasetLayout
+import rdtf
+import rdtf.pipeline.ledger as ledger
+from rdtf.pipeline.blocks import Block, block_rows, cut, write_blocks
+from rdtf.pipeline.card import count_outputs, make_card
+from rdtf.pipeline.clip import ClipInputStage, ClipSetup, ClipStage, prepare
+from rdtf.pipeline.clip_models import RANDOM_WARNING
+from rdtf.pipeline.config import PreprocessConfig, RayConfig
+from rdtf.pipeline.decode import DecodeStage, ProbeStage
+from rdtf.pipeline.dedupe import duplicates
+from rdtf.pipeline.discover import InputError, discover
+from rdtf.pipeline.entropy import EntropyStage
+from rdtf.pipeline.filters import EntropyFilterStage, MetadataFilterStage
+from rdtf.pipeline.hash_inputs import HashStage
+from rdtf.pipeline.keyframes import KeyframeStage
+from rdtf.pipeline.lock import OutputLock, OutputLockedError
+from rdtf.pipeline.near_duplicates import drop_rejected_rows, near_duplicate_pass
+from rdtf.pipeline.plan import run_stages
+from rdtf.pipeline.stage import NOT_DONE, STATUS_COLUMNS, Stage, check_chain
+from rdtf.pipeline.workspace import Workspace
+from rdtf.pipeline.write import EncodeFramesStage, ShardWriter, clear_staging, publish, write_rejects
+from rdtf.schemas.config import ConfigError, to_dict
+from rdtf.schemas.layout import DATA_DIR, DatasetLayout
 
 log = logging.getLogger("rdtf.preprocess")
 
@@ -180,11 +179,11 @@ def ray_session(cfg: RayConfig, show_progress: bool) -> Iterator[None]:
     level = logging.INFO if log.isEnabledFor(logging.INFO) else logging.ERROR
     started = not ray.is_initialized()
     if started and cfg.address:
-        # Ship this checkout's packages to the cluster's workers, so the cluster needs only the dependencies. As
-        # folders, not module objects: inside a Ray job (`rdtf submit`) Ray deep-copies this runtime_env to merge it
-        # with the job's, and a module cannot be copied.
-        packages = [os.path.dirname(module.__file__) for module in (pipeline, schemas)]
-        ray.init(address=cfg.address, runtime_env={"py_modules": packages}, logging_level=level)
+        # Ship this checkout's `rdtf` package to the cluster's workers, so the cluster needs only the dependencies. As
+        # a folder, not a module object: inside a Ray job (`rdtf submit`) Ray deep-copies this runtime_env to merge it
+        # with the job's, and a module cannot be copied. Ray follows the package's links to the layout's folders.
+        package = os.path.dirname(rdtf.__file__)
+        ray.init(address=cfg.address, runtime_env={"py_modules": [package]}, logging_level=level)
     elif started:
         ray.init(
             num_cpus=cfg.num_cpus,

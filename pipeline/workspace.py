@@ -21,7 +21,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from pipeline.config import BookkeepingConfig
+from rdtf.pipeline.config import BookkeepingConfig
 
 PREFIX = "rdtf-bookkeeping-"  # then the pid of the run's process
 BATCH_ROWS = 65_536  # rows per record batch in and out of DuckDB: a few MiB of URIs and hashes at a time

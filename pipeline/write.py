@@ -17,10 +17,10 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from pipeline.stage import NOT_DONE, Batch, Stage
-from schemas.dataset import REJECT_SCHEMA, SAMPLE_SCHEMA
-from schemas.frames import encode_frame
-from schemas.layout import DATA_DIR, REJECTS_DIR, STAGING_DIR, TEMP_PREFIX, DatasetLayout
+from rdtf.pipeline.stage import NOT_DONE, Batch, Stage
+from rdtf.schemas.dataset import REJECT_SCHEMA, SAMPLE_SCHEMA
+from rdtf.schemas.frames import encode_frame
+from rdtf.schemas.layout import DATA_DIR, REJECTS_DIR, STAGING_DIR, TEMP_PREFIX, DatasetLayout
 
 # What the driver gets back for each input: enough for progress, the summary and the accounting check, and the
 # staged shard that holds it ("data/NAME" or "rejects/NAME"), for the driver to publish.

@@ -3,14 +3,14 @@
 Everything that opens a curated dataset goes through `schemas.reader`; `pipeline/` and `trainer/` meet only here.
 """
 
-from schemas.dataset import (
+from rdtf.schemas.dataset import (
     KEYFRAME_COUNTS,
     REJECT_REASONS,
     REJECT_SCHEMA,
     SAMPLE_SCHEMA,
     SCHEMA_VERSION,
 )
-from schemas.reader import DatasetReader, SchemaVersionError, open_dataset
+from rdtf.schemas.reader import DatasetReader, SchemaVersionError, open_dataset
 
 __all__ = [
     "KEYFRAME_COUNTS",

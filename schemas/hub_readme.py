@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from schemas.layout import CARD_FILE, DATA_DIR, REJECTS_DIR
+from rdtf.schemas.layout import CARD_FILE, DATA_DIR, REJECTS_DIR
 
 README_FILE = "README.md"
 

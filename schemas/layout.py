@@ -106,7 +106,7 @@ class DatasetLayout:
     def write_card(self, card: dict) -> None:
         """Write card.json atomically (a reader sees the old card or the new one, never half of one), and the
         Hugging Face README.md that goes with it (schemas.hub_readme)."""
-        from schemas.hub_readme import README_FILE, render  # it names this module's folders: imported here
+        from rdtf.schemas.hub_readme import README_FILE, render  # it names this module's folders: imported here
 
         self.fs.create_dir(self.root, recursive=True)
         for name, text in ((README_FILE, render(card)), (CARD_FILE, json.dumps(card, indent=2, sort_keys=True))):

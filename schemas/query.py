@@ -15,8 +15,8 @@ import duckdb
 import pyarrow as pa
 import pyarrow.dataset as pads
 
-from schemas.dataset import REJECT_SCHEMA, SAMPLE_SCHEMA
-from schemas.reader import DatasetReader, open_dataset
+from rdtf.schemas.dataset import REJECT_SCHEMA, SAMPLE_SCHEMA
+from rdtf.schemas.reader import DatasetReader, open_dataset
 
 READ_ONLY = (duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN)
 # DuckDB has no float16: the view reads the embeddings as float32 (pyarrow casts while scanning; exact, and cast back

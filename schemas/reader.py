@@ -15,8 +15,8 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from schemas.dataset import REJECT_SCHEMA, SAMPLE_SCHEMA, SCHEMA_VERSION, VERSION_KEY
-from schemas.layout import DATA_DIR, REJECTS_DIR, DatasetLayout
+from rdtf.schemas.dataset import REJECT_SCHEMA, SAMPLE_SCHEMA, SCHEMA_VERSION, VERSION_KEY
+from rdtf.schemas.layout import DATA_DIR, REJECTS_DIR, DatasetLayout
 
 
 class SchemaVersionError(ValueError):
@@ -85,8 +85,33 @@ class DatasetReader:
         world_size: int = 1,
     ) -> Iterator[pa.RecordBatch]:
         """Stream this rank's rows in file order, without loading the dataset into memory."""
-        dataset = self._dataset(self.rank_files(rank, world_size), SAMPLE_SCHEMA)
-        yield from dataset.to_batches(columns=columns, batch_size=batch_size)
+        yield from self.batches_of(self.rank_files(rank, world_size), columns, batch_size)
+
+    def batches_of(
+        self, files: tuple[str, ...], columns: list[str] | None = None, batch_size: int = 64
+    ) -> Iterator[pa.RecordBatch]:
+        """Stream the rows of `files` (some of sample_files) in file order."""
+        yield from self._dataset(files, SAMPLE_SCHEMA).to_batches(columns=columns, batch_size=batch_size)
+
+    def to_pandas(self, columns: list[str] | None = None, filter: pads.Expression | None = None):
+        """`read(...)` as a pandas DataFrame; name the columns you need (frames are PNG bytes, and large)."""
+        return self.read(columns, filter).to_pandas()
+
+    def torch(
+        self,
+        columns: tuple[str, ...] | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+        batch_rows: int = 64,
+    ):
+        """This rank's rows as a PyTorch IterableDataset of dicts, frames decoded to (f, h, w, 3) uint8 tensors.
+
+        Torch is imported here only, so reading a dataset's metadata does not need it. rdtf's trainer has its own
+        loader (trainer/data.py); this is for a user's own loop.
+        """
+        from rdtf.schemas.torch_rows import DEFAULT_COLUMNS, StickerRows
+
+        return StickerRows(self, tuple(columns or DEFAULT_COLUMNS), rank, world_size, batch_rows)
 
     def ray_dataset(self, columns: list[str] | None = None):
         """The sample rows as a Ray Data dataset (for Ray Train's `datasets=`), files in the reader's order.

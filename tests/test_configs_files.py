@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from conftest import REPO
 
-from pipeline.config import PreprocessConfig
-from schemas.config import load
-from trainer.config import TrainConfig
+from rdtf.pipeline.config import PreprocessConfig
+from rdtf.schemas.config import load
+from rdtf.trainer.config import TrainConfig
 
 
 def test_preprocess_yaml_is_the_defaults() -> None:

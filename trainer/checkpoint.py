@@ -25,7 +25,7 @@ import deepspeed
 import torch
 import torch.distributed as dist
 
-from schemas.config import ConfigError
+from rdtf.schemas.config import ConfigError
 
 CONFIG_FILE = "config.json"  # RUN_DIR/config.json: the resolved config of the run
 CHECKPOINTS = "checkpoints"

@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from schemas.config import require
-from trainer.curriculum import CurriculumConfig
+from rdtf.schemas.config import require
+from rdtf.trainer.curriculum import CurriculumConfig
 
 
 @dataclass

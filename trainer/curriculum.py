@@ -26,8 +26,8 @@ from typing import Any, Literal
 import numpy as np
 import torch.distributed as dist
 
-from schemas.config import require
-from trainer.masks import TASKS
+from rdtf.schemas.config import require
+from rdtf.trainer.masks import TASKS
 
 # Task groups of the paper notes' task table.
 TASK_GROUP = {

@@ -21,11 +21,11 @@ import pyarrow.parquet as pq
 import torch
 from PIL import Image
 
-from schemas.dataset import KEYFRAME_COUNTS
-from schemas.reader import DatasetReader
-from trainer.config import DataConfig
-from trainer.masks import NUM_FRAMES
-from trainer.pacing import EpochPacer, Position, Weigh
+from rdtf.schemas.dataset import KEYFRAME_COUNTS
+from rdtf.schemas.reader import DatasetReader
+from rdtf.trainer.config import DataConfig
+from rdtf.trainer.masks import NUM_FRAMES
+from rdtf.trainer.pacing import EpochPacer, Position, Weigh
 
 READ_COLUMNS = ["sample_id", "frames", "keyframe_sets", "caption", "static_difficulty"]
 # Row groups kept read (encoded frames, up to ray.rows_per_shard = 128 rows each): the walk only moves forward.

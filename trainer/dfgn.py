@@ -23,8 +23,8 @@ from diffusers.models.transformers.transformer_temporal import TransformerTempor
 from diffusers.models.unets.unet_3d_blocks import UNetMidBlock3DCrossAttn, get_down_block, get_up_block
 from torch import nn
 
-from schemas.config import require
-from trainer.sti import FUSIONS, Fusion, STILayer
+from rdtf.schemas.config import require
+from rdtf.trainer.sti import FUSIONS, Fusion, STILayer
 
 # Keys that must be positive integers.
 COUNTS = (

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler
 
-from trainer.config import DiffusionConfig
+from rdtf.trainer.config import DiffusionConfig
 
 
 def _schedule(config: DiffusionConfig) -> dict:

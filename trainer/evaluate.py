@@ -21,18 +21,18 @@ import numpy as np
 import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from schemas.dataset import KEYFRAME_COUNTS
-from schemas.reader import open_dataset
-from trainer import checkpoint
-from trainer.config import TrainConfig
-from trainer.data import READ_COLUMNS, Batch, collate, decode_clip
-from trainer.dfgn import DFGN
-from trainer.diffusion import generate, sample_scheduler, train_scheduler, training_target
-from trainer.latents import load_codec
-from trainer.masks import NUM_FRAMES, TASKS, TEXT_ON, frame_mask, masked_mse
-from trainer.media import clip_to_frames
-from trainer.sample import GIVEN, load_run_config
-from trainer.text import TextEncoder
+from rdtf.schemas.dataset import KEYFRAME_COUNTS
+from rdtf.schemas.reader import open_dataset
+from rdtf.trainer import checkpoint
+from rdtf.trainer.config import TrainConfig
+from rdtf.trainer.data import READ_COLUMNS, Batch, collate, decode_clip
+from rdtf.trainer.dfgn import DFGN
+from rdtf.trainer.diffusion import generate, sample_scheduler, train_scheduler, training_target
+from rdtf.trainer.latents import load_codec
+from rdtf.trainer.masks import NUM_FRAMES, TASKS, TEXT_ON, frame_mask, masked_mse
+from rdtf.trainer.media import clip_to_frames
+from rdtf.trainer.sample import GIVEN, load_run_config
+from rdtf.trainer.text import TextEncoder
 
 # Tasks whose generated frames have real counterparts to compare with: the frames around the given ones exist in
 # the held-out clip. (t2v / i2v / it2v have no single right answer, so only their loss is reported.)

@@ -11,8 +11,8 @@ import os
 
 import torch
 
-from schemas.config import ConfigError
-from trainer.config import LatentConfig
+from rdtf.schemas.config import ConfigError
+from rdtf.trainer.config import LatentConfig
 
 log = logging.getLogger("rdtf.train")
 

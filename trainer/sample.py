@@ -15,15 +15,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from schemas.config import from_dict
-from trainer import checkpoint
-from trainer.config import TrainConfig
-from trainer.dfgn import DFGN
-from trainer.diffusion import generate, sample_scheduler
-from trainer.latents import load_codec
-from trainer.masks import NUM_FRAMES, TEXT_ON
-from trainer.media import clip_to_frames, frames_to_clip, read_frames, read_image, write_gif
-from trainer.text import TextEncoder
+from rdtf.schemas.config import from_dict
+from rdtf.trainer import checkpoint
+from rdtf.trainer.config import TrainConfig
+from rdtf.trainer.dfgn import DFGN
+from rdtf.trainer.diffusion import generate, sample_scheduler
+from rdtf.trainer.latents import load_codec
+from rdtf.trainer.masks import NUM_FRAMES, TEXT_ON
+from rdtf.trainer.media import clip_to_frames, frames_to_clip, read_frames, read_image, write_gif
+from rdtf.trainer.text import TextEncoder
 
 HALF = NUM_FRAMES // 2
 GIVEN = {  # task -> the frames given at sampling time

@@ -15,8 +15,8 @@ import open_clip
 import torch
 from torch import nn
 
-from schemas.config import ConfigError
-from trainer.config import TextConfig
+from rdtf.schemas.config import ConfigError
+from rdtf.trainer.config import TextConfig
 
 log = logging.getLogger("rdtf.train")
 

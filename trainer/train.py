@@ -30,18 +30,18 @@ import torch.distributed as dist
 from diffusers.training_utils import EMAModel
 from tqdm import tqdm
 
-from schemas.config import ConfigError, to_dict
-from schemas.reader import open_dataset
-from trainer import checkpoint
-from trainer.config import TrainConfig
-from trainer.curriculum import Curriculum
-from trainer.data import Batch, ClipLoader, ParquetRows
-from trainer.dfgn import DFGN
-from trainer.diffusion import generate, sample_scheduler, train_scheduler, training_target
-from trainer.latents import load_codec
-from trainer.masks import TEXT_ON, condition_mask, frame_mask, masked_mse
-from trainer.media import clip_to_frames, write_gif
-from trainer.text import TextEncoder
+from rdtf.schemas.config import ConfigError, to_dict
+from rdtf.schemas.reader import open_dataset
+from rdtf.trainer import checkpoint
+from rdtf.trainer.config import TrainConfig
+from rdtf.trainer.curriculum import Curriculum
+from rdtf.trainer.data import Batch, ClipLoader, ParquetRows
+from rdtf.trainer.dfgn import DFGN
+from rdtf.trainer.diffusion import generate, sample_scheduler, train_scheduler, training_target
+from rdtf.trainer.latents import load_codec
+from rdtf.trainer.masks import TEXT_ON, condition_mask, frame_mask, masked_mse
+from rdtf.trainer.media import clip_to_frames, write_gif
+from rdtf.trainer.text import TextEncoder
 
 log = logging.getLogger("rdtf.train")
 

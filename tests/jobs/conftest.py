@@ -42,7 +42,7 @@ def preprocess(stickers: Path, folder: Path, flags: list[str]) -> Path:
     out = folder / "dataset"
     with tempfile.TemporaryDirectory(prefix="rdtf-ray-", dir="/tmp") as ray_tmp:
         env = os.environ | {"RAY_TMPDIR": ray_tmp, "RAY_USAGE_STATS_ENABLED": "0"}
-        command = [sys.executable, "-m", "jobs.cli", "preprocess", str(folder / "manifest.csv"), "--out", str(out)]
+        command = [sys.executable, "-m", "rdtf.jobs.cli", "preprocess", str(folder / "manifest.csv"), "--out", str(out)]
         command += ["--frame-size", "64", "--num-cpus", "1", "--no-progress", *flags]
         subprocess.run(command, cwd=REPO, env=env, check=True, capture_output=True)
     return out

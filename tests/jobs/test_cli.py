@@ -9,17 +9,21 @@ from pathlib import Path
 
 import pytest
 
-from jobs.cli import main
-from jobs.corpus import make_corpus
+from rdtf.jobs.cli import main
+from rdtf.jobs.corpus import make_corpus
 
 
 def test_help_and_version() -> None:
-    result = subprocess.run([sys.executable, "-m", "jobs.cli", "--help"], capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "rdtf.jobs.cli", "--help"], capture_output=True, text=True, check=True
+    )
     assert "preprocess" in result.stdout and "demo" in result.stdout
-    result = subprocess.run([sys.executable, "-m", "jobs.cli", "--version"], capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "rdtf.jobs.cli", "--version"], capture_output=True, text=True, check=True
+    )
     assert result.stdout.startswith("rdtf ")
     result = subprocess.run(
-        [sys.executable, "-m", "jobs.cli", "preprocess", "--help"], capture_output=True, text=True, check=True
+        [sys.executable, "-m", "rdtf.jobs.cli", "preprocess", "--help"], capture_output=True, text=True, check=True
     )
     assert "--out" in result.stdout and "--address" in result.stdout
 
@@ -49,10 +53,10 @@ def test_empty_folder_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture[
 
 
 def test_changed_settings_on_an_existing_output_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from pipeline.card import make_card
-    from pipeline.config import PreprocessConfig
-    from schemas.config import to_dict
-    from schemas.layout import DatasetLayout
+    from rdtf.pipeline.card import make_card
+    from rdtf.pipeline.config import PreprocessConfig
+    from rdtf.schemas.config import to_dict
+    from rdtf.schemas.layout import DatasetLayout
 
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "a.gif").write_bytes(b"GIF89a")
@@ -62,15 +66,15 @@ def test_changed_settings_on_an_existing_output_are_refused(tmp_path: Path, caps
 
 
 def test_the_deepspeed_launchers_local_rank_flag_is_accepted() -> None:
-    from jobs.cli import build_parser
+    from rdtf.jobs.cli import build_parser
 
     args = build_parser().parse_args(["--local_rank=1", "train", "--config", "c.yaml", "--data", "d", "--out", "r"])
     assert args.command == "train" and args.local_rank == 1
 
 
 def test_train_set_values_are_yaml_and_malformed_ones_are_named() -> None:
-    from jobs.train import parse_sets
-    from schemas.config import ConfigError
+    from rdtf.jobs.train import parse_sets
+    from rdtf.schemas.config import ConfigError
 
     assert parse_sets(["optim.lr=1.0e-4", "optim.ema_decay=null", "model.block_out_channels=[8, 16]"]) == {
         "optim.lr": 1e-4,
@@ -80,8 +84,8 @@ def test_train_set_values_are_yaml_and_malformed_ones_are_named() -> None:
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         parse_sets(["optim.lr"])
     # YAML reads 1e-4 as text; a float setting still takes it
-    from schemas.config import load
-    from trainer.config import TrainConfig
+    from rdtf.schemas.config import load
+    from rdtf.trainer.config import TrainConfig
 
     assert load(TrainConfig, None, {"model": {"x": 1}} | parse_sets(["optim.lr=1e-4"])).optim.lr == 1e-4
 
@@ -91,7 +95,7 @@ def test_preprocess_and_train_are_quiet_by_default(tmp_path: Path) -> None:
     """A normal run prints the summary, not the libraries' notices; -v shows them (fresh processes: the libraries'
     loggers are global)."""
     make_corpus(str(tmp_path / "in"), count=2)
-    command = [sys.executable, "-m", "jobs.cli", "preprocess", str(tmp_path / "in"), "--num-cpus", "1"]
+    command = [sys.executable, "-m", "rdtf.jobs.cli", "preprocess", str(tmp_path / "in"), "--num-cpus", "1"]
     quiet = subprocess.run(command + ["--out", str(tmp_path / "a")], capture_output=True, text=True, check=True)
     assert "dataset:" in quiet.stdout
     assert "WARNING" not in quiet.stderr and "Token authentication" not in quiet.stderr, quiet.stderr
@@ -124,7 +128,7 @@ def test_preprocess_and_train_are_quiet_by_default(tmp_path: Path) -> None:
 def test_deepspeeds_ops_are_built_in_the_checkout_unless_the_user_says_otherwise(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from jobs.cli import use_project_extension_dir
+    from rdtf.jobs.cli import use_project_extension_dir
 
     monkeypatch.delenv("TORCH_EXTENSIONS_DIR", raising=False)
     use_project_extension_dir()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from schemas.reader import open_dataset
+from rdtf.schemas.reader import open_dataset
 
 
 def test_load_dataset_reads_rows_and_rejects_apart(

@@ -14,7 +14,7 @@ import pytest
 import torch
 from local_cluster import LocalCluster
 
-from trainer import checkpoint
+from rdtf.trainer import checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "trainer"))
@@ -28,7 +28,7 @@ CPU_ONLY = {"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
 
 def rdtf(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     result = subprocess.run(
-        [sys.executable, "-m", "jobs.cli", *args],
+        [sys.executable, "-m", "rdtf.jobs.cli", *args],
         cwd=REPO,
         env=os.environ | {"PYTHONPATH": str(REPO)} | CPU_ONLY | (env or {}),
         capture_output=True,

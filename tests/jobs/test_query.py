@@ -12,9 +12,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from jobs.cli import main
-from schemas.query import QueryError, query
-from schemas.reader import open_dataset
+from rdtf.jobs.cli import main
+from rdtf.schemas.query import QueryError, query
+from rdtf.schemas.reader import open_dataset
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -75,7 +75,7 @@ def test_to_makes_a_dataset_that_records_its_parent(sticker_dataset: Path, tmp_p
     parent_counts = parent.card["counts"]
     assert card["derived_from"] == {"dataset": str(sticker_dataset), "query": sql, "parent_counts": parent_counts}
     assert card["config"] == parent.card["config"]
-    train = [sys.executable, "-m", "jobs.cli", "train", "--config", "configs/tiny.yaml", "--data", str(target)]
+    train = [sys.executable, "-m", "rdtf.jobs.cli", "train", "--config", "configs/tiny.yaml", "--data", str(target)]
     trained = subprocess.run([*train, "--out", str(tmp_path / "run"), "--steps", "1"], cwd=REPO, capture_output=True,
                              text=True)  # fmt: skip
     assert trained.returncode == 0 and "trained steps 0 -> 1" in trained.stdout, trained.stderr
@@ -115,6 +115,25 @@ def test_to_refuses_a_folder_that_is_not_empty_and_a_partial_selection(
     assert main(["query", str(sticker_dataset), "SELECT sample_id FROM stickers", "--to", str(fresh)]) == 2
     assert "missing: source_uri" in capsys.readouterr().err
     assert not fresh.exists()
+
+
+@pytest.mark.parametrize(
+    ("replace", "expected"),
+    [
+        ("CASE WHEN static_difficulty >= 0 THEN error('boom') ELSE caption END AS caption", "boom"),
+        ("NULL::VARCHAR AS sample_id", "sample_id"),
+    ],
+)
+def test_to_that_fails_while_rows_stream_keeps_nothing(
+    sticker_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], replace: str, expected: str
+) -> None:
+    target = tmp_path / "subset"
+    assert (
+        main(["query", str(sticker_dataset), f"SELECT * REPLACE ({replace}) FROM stickers", "--to", str(target)]) == 2
+    )
+    err = capsys.readouterr().err
+    assert expected in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not target.exists()
 
 
 def test_a_path_that_is_not_a_dataset(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -10,11 +10,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from jobs.cli import main
-from jobs.search import QueryEncoder
-from jobs.search_index import INDEX_DIR, build, files_of, load
-from schemas.dataset import SAMPLE_SCHEMA
-from schemas.reader import open_dataset
+from rdtf.jobs.cli import main
+from rdtf.jobs.search import QueryEncoder
+from rdtf.jobs.search_index import INDEX_DIR, SearchError, build, files_of, load
+from rdtf.schemas.dataset import SAMPLE_SCHEMA
+from rdtf.schemas.reader import open_dataset
 
 PLANTED = "f" * 64
 
@@ -87,3 +87,27 @@ def test_refusals(
     assert "empty" in capsys.readouterr().err
     assert load(open_dataset(str(sticker_dataset)).layout) is None
     assert not (sticker_dataset / INDEX_DIR).exists()
+
+
+def test_a_dataset_embedded_with_a_pretrained_tag_is_searchable_with_that_tag(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tag resolves to its cached download, hashed like the pipeline hashed it (no hub here: the download is a
+    local checkpoint of the tiny model, handed over by open_clip's own download function)."""
+    import open_clip
+    import open_clip.pretrained
+    import torch
+
+    from rdtf.pipeline.clip_models import RANDOM, Weights, file_sha256, load_model
+
+    checkpoint = tmp_path / "tiny.pt"
+    torch.save(load_model(Weights("k", "rdtf-tiny-clip", RANDOM, RANDOM, RANDOM), seed=3).state_dict(), checkpoint)
+    monkeypatch.setattr(open_clip, "list_pretrained_tags_by_model", lambda model: ["cached_tag"])
+    monkeypatch.setattr(open_clip.pretrained, "get_pretrained_cfg", lambda model, tag: {"tag": tag})
+    monkeypatch.setattr(open_clip.pretrained, "download_pretrained", lambda cfg, **kwargs: str(checkpoint))
+    card = {"model": "rdtf-tiny-clip", "weights": "cached_tag", "weights_sha256": file_sha256(str(checkpoint))}
+    from_tag = QueryEncoder(card, None, seed=0).text("a cat")  # seed 0: only the checkpoint can make it seed 3's
+    seed_3 = QueryEncoder({"model": "rdtf-tiny-clip", "weights": RANDOM}, None, seed=3).text("a cat")
+    np.testing.assert_allclose(from_tag, seed_3, atol=1e-5)
+    with pytest.raises(SearchError, match="is not the checkpoint"):
+        QueryEncoder(card | {"weights_sha256": "0" * 64}, None, seed=0)

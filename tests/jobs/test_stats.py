@@ -12,9 +12,9 @@ from pathlib import Path
 import pyarrow.compute as pc
 import pytest
 
-from jobs.cli import main
-from jobs.stats import BINS, compute
-from schemas.reader import open_dataset
+from rdtf.jobs.cli import main
+from rdtf.jobs.stats import BINS, compute
+from rdtf.schemas.reader import open_dataset
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts"  # git-ignored: what a person looks at after the tests (the page's screenshot)

@@ -16,8 +16,8 @@ import pyarrow.compute as pc
 import pytest
 from local_cluster import LocalCluster, free_port
 
-from schemas.layout import DATA_DIR, DatasetLayout
-from schemas.reader import open_dataset
+from rdtf.schemas.layout import DATA_DIR, DatasetLayout
+from rdtf.schemas.reader import open_dataset
 
 REPO = Path(__file__).resolve().parents[2]
 STICKERS = 7  # a few: enough for several shards on two one-CPU nodes
@@ -25,7 +25,7 @@ STICKERS = 7  # a few: enough for several shards on two one-CPU nodes
 
 def rdtf(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "jobs.cli", *args],
+        [sys.executable, "-m", "rdtf.jobs.cli", *args],
         cwd=REPO,
         env=os.environ | {"PYTHONPATH": str(REPO)} | (env or {}),
         capture_output=True,

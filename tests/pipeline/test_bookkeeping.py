@@ -14,21 +14,21 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-import pipeline.read_bytes as read_bytes_module
-import pipeline.runner as runner_module
-from jobs.corpus import make_corpus
-from pipeline.card import count_outputs
-from pipeline.config import BookkeepingConfig, PreprocessConfig, RayConfig
-from pipeline.dedupe import duplicates
-from pipeline.hash_inputs import HashStage
-from pipeline.ledger import LEDGER_SCHEMA, counts, scan
-from pipeline.read_bytes import ATTEMPTS, read_input
-from pipeline.runner import run_preprocess
-from pipeline.stage import NOT_DONE, NotDone, Reject
-from pipeline.workspace import PREFIX, Workspace
-from pipeline.write import ShardWriter, reject_rows
-from schemas import open_dataset
-from schemas.layout import DatasetLayout
+import rdtf.pipeline.read_bytes as read_bytes_module
+import rdtf.pipeline.runner as runner_module
+from rdtf.jobs.corpus import make_corpus
+from rdtf.pipeline.card import count_outputs
+from rdtf.pipeline.config import BookkeepingConfig, PreprocessConfig, RayConfig
+from rdtf.pipeline.dedupe import duplicates
+from rdtf.pipeline.hash_inputs import HashStage
+from rdtf.pipeline.ledger import LEDGER_SCHEMA, counts, scan
+from rdtf.pipeline.read_bytes import ATTEMPTS, read_input
+from rdtf.pipeline.runner import run_preprocess
+from rdtf.pipeline.stage import NOT_DONE, NotDone, Reject
+from rdtf.pipeline.workspace import PREFIX, Workspace
+from rdtf.pipeline.write import ShardWriter, reject_rows
+from rdtf.schemas import open_dataset
+from rdtf.schemas.layout import DatasetLayout
 
 
 def _config() -> PreprocessConfig:

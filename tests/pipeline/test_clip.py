@@ -16,13 +16,13 @@ import numpy as np
 import pytest
 import torch
 
-from jobs.cli import main
-from pipeline.clip import CAPTION_TAGS, VOCABULARY, ClipInputStage, ClipSetup, ClipStage, load_vocabulary, prepare
-from pipeline.clip_models import RANDOM_WARNING, check_weights, load_model, resolve
-from pipeline.config import ClipConfig
-from pipeline.keyframes import KeyframeStage
-from schemas.config import ConfigError
-from schemas.dataset import KEYFRAME_COUNTS
+from rdtf.jobs.cli import main
+from rdtf.pipeline.clip import CAPTION_TAGS, VOCABULARY, ClipInputStage, ClipSetup, ClipStage, load_vocabulary, prepare
+from rdtf.pipeline.clip_models import RANDOM_WARNING, check_weights, load_model, resolve
+from rdtf.pipeline.config import ClipConfig
+from rdtf.pipeline.keyframes import KeyframeStage
+from rdtf.schemas.config import ConfigError
+from rdtf.schemas.dataset import KEYFRAME_COUNTS
 
 TINY = ClipConfig(model="rdtf-tiny-clip", weights="random", batch_size=8)
 
@@ -267,7 +267,15 @@ def test_cli_unreachable_tag_fails_at_once(tmp_path):
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "a.gif").write_bytes(b"GIF89a")
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    command = [sys.executable, "-m", "jobs.cli", "preprocess", str(tmp_path / "in"), "--out", str(tmp_path / "out")]
+    command = [
+        sys.executable,
+        "-m",
+        "rdtf.jobs.cli",
+        "preprocess",
+        str(tmp_path / "in"),
+        "--out",
+        str(tmp_path / "out"),
+    ]
     command += ["--clip-weights", "openai"]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
@@ -286,8 +294,8 @@ def test_config_ranges_name_the_key(key: str, value: Any):
 
 
 def test_no_clip_flag_and_default_skip_the_stage():
-    from jobs.cli import build_parser
-    from jobs.preprocess import FLAG_KEYS
+    from rdtf.jobs.cli import build_parser
+    from rdtf.jobs.preprocess import FLAG_KEYS
 
     args = build_parser().parse_args(["preprocess", "x", "--out", "y", "--clip-weights", "random", "--no-clip"])
     assert args.no_clip and FLAG_KEYS["clip_weights"] == "clip.weights"
@@ -312,11 +320,11 @@ def test_cuda_without_gpus_is_refused():
 
 
 def test_a_dataset_from_before_the_clip_section_resumes_only_without_clip(tmp_path):
-    from pipeline.card import make_card
-    from pipeline.config import PreprocessConfig
-    from pipeline.runner import _check_config
-    from schemas.config import to_dict
-    from schemas.layout import DatasetLayout
+    from rdtf.pipeline.card import make_card
+    from rdtf.pipeline.config import PreprocessConfig
+    from rdtf.pipeline.runner import _check_config
+    from rdtf.schemas.config import to_dict
+    from rdtf.schemas.layout import DatasetLayout
 
     layout = DatasetLayout.at(str(tmp_path / "old"))
     old = {k: v for k, v in to_dict(PreprocessConfig()).items() if k != "clip"}

@@ -18,9 +18,9 @@ import pytest
 from PIL import Image, ImageSequence
 from test_runner import _kill_group, _rows, _shard_count
 
-from pipeline.config import ClipConfig, PreprocessConfig, RayConfig
-from pipeline.runner import run_preprocess
-from schemas import REJECT_REASONS, open_dataset
+from rdtf.pipeline.config import ClipConfig, PreprocessConfig, RayConfig
+from rdtf.pipeline.runner import run_preprocess
+from rdtf.schemas import REJECT_REASONS, open_dataset
 
 pytestmark = pytest.mark.slow
 
@@ -140,7 +140,7 @@ def test_rerun_of_a_finished_job_adds_nothing(corpus: Path, reference: tuple[Pat
 
 def test_resume_after_sigkill(corpus: Path, reference: tuple[Path, int], tmp_path: Path, private_ray_tmp: str):
     out = tmp_path / "killed"
-    command = [sys.executable, "-m", "jobs.cli", "preprocess", str(corpus), "--out", str(out), "--num-cpus", "2"]
+    command = [sys.executable, "-m", "rdtf.jobs.cli", "preprocess", str(corpus), "--out", str(out), "--num-cpus", "2"]
     command += ["--rows-per-shard", "1", "--no-progress", "--clip-model", "rdtf-tiny-clip", "--clip-weights"]
     command += ["random", "--clip-batch-size", "16", "--near-duplicate-threshold", str(THRESHOLD)]
     process = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

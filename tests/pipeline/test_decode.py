@@ -8,10 +8,10 @@ from gif_factory import GifFrame, build_gif
 from media_factory import grey_ramp_video_frames, image_bytes, noise_frames, solid_frames, video_bytes
 from PIL import Image
 
-from pipeline.config import DecodeConfig
-from pipeline.decode import DecodeStage
-from pipeline.probe import probe
-from pipeline.sampling import schedule
+from rdtf.pipeline.config import DecodeConfig
+from rdtf.pipeline.decode import DecodeStage
+from rdtf.pipeline.probe import probe
+from rdtf.pipeline.sampling import schedule
 
 RED, GREEN, BLUE, WHITE = (220, 30, 30), (30, 200, 30), (30, 30, 220), (255, 255, 255)
 

@@ -9,10 +9,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.config import InputConfig
-from pipeline.discover import INPUT_SCHEMA, InputError
-from pipeline.discover import discover as discover_into
-from pipeline.workspace import Workspace
+from rdtf.pipeline.config import InputConfig
+from rdtf.pipeline.discover import INPUT_SCHEMA, InputError
+from rdtf.pipeline.discover import discover as discover_into
+from rdtf.pipeline.workspace import Workspace
 
 
 def discover(inputs: list[str], cfg: InputConfig) -> pa.Table:
@@ -120,7 +120,7 @@ def test_manifest_uris_with_query_strings_or_unknown_schemes_are_refused(folder:
 def test_a_large_manifest_is_read_in_batches_and_its_duplicates_keep_their_first_caption(
     folder: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("pipeline.discover.MANIFEST_BATCH", 3)  # several batches from a small file
+    monkeypatch.setattr("rdtf.pipeline.discover.MANIFEST_BATCH", 3)  # several batches from a small file
     names = [f"s{n % 5}.gif" for n in range(12)]  # each name 2 or 3 times, in several batches
     captions = [None if n < 5 else f"caption {n}" for n in range(12)]
     pq.write_table(pa.table({"path": names, "caption": captions}), folder / "m.parquet", row_group_size=3)

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from skimage.measure import shannon_entropy
 
-from pipeline.config import DifficultyConfig
-from pipeline.entropy import (
+from rdtf.pipeline.config import DifficultyConfig
+from rdtf.pipeline.entropy import (
     EntropyStage,
     grey_frames,
     histogram_entropy,

@@ -15,8 +15,8 @@ import pytest
 from gif_factory import GifFrame, browser_delays_ms, build_gif, reference_composite
 from PIL import Image, ImageSequence
 
-from pipeline.gif import composite, parse_gif
-from pipeline.probe import probe
+from rdtf.pipeline.gif import composite, parse_gif
+from rdtf.pipeline.probe import probe
 
 # Index 0 is brown, not black, so a fill with index 0 cannot pass for transparent-as-black.
 PALETTE = np.array(

@@ -19,16 +19,16 @@ import numpy as np
 import pytest
 from media_factory import grey_ramp_video_frames, image_bytes, noise_frames, video_bytes
 
-from jobs.corpus import make_corpus
-from pipeline.config import DecodeConfig, InjectedFault, PreprocessConfig, RayConfig
-from pipeline.decode import DecodeStage, ProbeStage
-from pipeline.frame_readers import LIBRARIES, sampled_frames
-from pipeline.isolation import EXIT_OUT_OF_MEMORY, DecoderProcess
-from pipeline.probe import probe
-from pipeline.runner import run_preprocess
-from pipeline.stage import Reject
-from schemas import open_dataset
-from schemas.layout import DATA_DIR, REJECTS_DIR
+from rdtf.jobs.corpus import make_corpus
+from rdtf.pipeline.config import DecodeConfig, InjectedFault, PreprocessConfig, RayConfig
+from rdtf.pipeline.decode import DecodeStage, ProbeStage
+from rdtf.pipeline.frame_readers import LIBRARIES, sampled_frames
+from rdtf.pipeline.isolation import EXIT_OUT_OF_MEMORY, DecoderProcess
+from rdtf.pipeline.probe import probe
+from rdtf.pipeline.runner import run_preprocess
+from rdtf.pipeline.stage import Reject
+from rdtf.schemas import open_dataset
+from rdtf.schemas.layout import DATA_DIR, REJECTS_DIR
 
 TIMEOUT_S = 2.0
 MEMORY_MB = 128  # what the "allocate" fault fills before it fails; an input here needs a few MB

@@ -7,8 +7,8 @@ import hashlib
 import numpy as np
 import pytest
 
-from pipeline.keyframes import KeyframeStage, ping_pong, select_keyframes, thumbnails
-from schemas.dataset import KEYFRAME_COUNTS
+from rdtf.pipeline.keyframes import KeyframeStage, ping_pong, select_keyframes, thumbnails
+from rdtf.schemas.dataset import KEYFRAME_COUNTS
 
 POSES = [(220, 30, 30), (30, 200, 30), (30, 30, 220), (240, 200, 20), (120, 0, 160), (0, 160, 160)]
 

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import PreprocessConfig
-from pipeline.lock import LOCK_FILE, OutputLock, OutputLockedError
-from pipeline.runner import run_preprocess
-from schemas.layout import DatasetLayout
+from rdtf.pipeline.config import PreprocessConfig
+from rdtf.pipeline.lock import LOCK_FILE, OutputLock, OutputLockedError
+from rdtf.pipeline.runner import run_preprocess
+from rdtf.schemas.layout import DatasetLayout
 
 
 def test_a_second_writer_is_refused_while_the_first_is_alive(tmp_path: Path) -> None:

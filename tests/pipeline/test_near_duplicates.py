@@ -13,12 +13,12 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-import pipeline.near_duplicates as near_duplicates
-from pipeline.near_duplicates import EDGE_SCHEMA, choose, drop_rejected_rows, near_duplicate_pass
-from pipeline.write import write_table
-from schemas import open_dataset
-from schemas.dataset import KEYFRAME_COUNTS, SAMPLE_SCHEMA
-from schemas.layout import DATA_DIR, DatasetLayout
+import rdtf.pipeline.near_duplicates as near_duplicates
+from rdtf.pipeline.near_duplicates import EDGE_SCHEMA, choose, drop_rejected_rows, near_duplicate_pass
+from rdtf.pipeline.write import write_table
+from rdtf.schemas import open_dataset
+from rdtf.schemas.dataset import KEYFRAME_COUNTS, SAMPLE_SCHEMA
+from rdtf.schemas.layout import DATA_DIR, DatasetLayout
 
 DIMENSIONS = 32
 

@@ -8,12 +8,12 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from pipeline.clip import prepare
-from pipeline.config import ClipConfig, PreprocessConfig
-from pipeline.plan import COLUMN_TYPES, map_stages, run_leg, split
-from pipeline.runner import INPUT_COLUMNS, main_stages
-from pipeline.stage import STATUS_COLUMNS, Resources, Stage
-from pipeline.write import ShardWriter
+from rdtf.pipeline.clip import prepare
+from rdtf.pipeline.config import ClipConfig, PreprocessConfig
+from rdtf.pipeline.plan import COLUMN_TYPES, map_stages, run_leg, split
+from rdtf.pipeline.runner import INPUT_COLUMNS, main_stages
+from rdtf.pipeline.stage import STATUS_COLUMNS, Resources, Stage
+from rdtf.pipeline.write import ShardWriter
 
 
 def legs_of(clip: bool) -> list:

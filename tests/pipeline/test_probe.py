@@ -13,10 +13,10 @@ from gif_factory import GifFrame, build_gif
 from media_factory import grey_ramp_video_frames, image_bytes, noise_frames, video_bytes
 from PIL import Image
 
-from pipeline.config import DecodeConfig
-from pipeline.decode import ProbeStage
-from pipeline.probe import Probe, complete_part, probe, sniff
-from pipeline.stage import Reject
+from rdtf.pipeline.config import DecodeConfig
+from rdtf.pipeline.decode import ProbeStage
+from rdtf.pipeline.probe import Probe, complete_part, probe, sniff
+from rdtf.pipeline.stage import Reject
 
 DELAYS_MS = [40, 70, 120]  # GIF delays are centiseconds, so multiples of 10 survive every format
 PALETTE = np.array([[0, 0, 0], [255, 0, 0], [0, 255, 0], [0, 0, 255]], dtype=np.uint8)

@@ -13,12 +13,12 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from jobs.corpus import make_corpus
-from pipeline.config import PreprocessConfig, RayConfig
-from pipeline.runner import run_preprocess
-from pipeline.write import ShardWriter
-from schemas import REJECT_REASONS, open_dataset
-from schemas.layout import DATA_DIR, REJECTS_DIR, STAGING_DIR, DatasetLayout
+from rdtf.jobs.corpus import make_corpus
+from rdtf.pipeline.config import PreprocessConfig, RayConfig
+from rdtf.pipeline.runner import run_preprocess
+from rdtf.pipeline.write import ShardWriter
+from rdtf.schemas import REJECT_REASONS, open_dataset
+from rdtf.schemas.layout import DATA_DIR, REJECTS_DIR, STAGING_DIR, DatasetLayout
 
 pytestmark = pytest.mark.slow
 
@@ -129,7 +129,7 @@ def test_resume_after_sigkill(
     command = [
         sys.executable,
         "-m",
-        "jobs.cli",
+        "rdtf.jobs.cli",
         "preprocess",
         str(manifest),
         "--out",

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.probe import Probe
-from pipeline.sampling import schedule
+from rdtf.pipeline.probe import Probe
+from rdtf.pipeline.sampling import schedule
 
 
 def test_frames_are_picked_by_display_time():

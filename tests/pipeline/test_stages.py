@@ -11,17 +11,17 @@ import pytest
 from gif_factory import GifFrame, build_gif
 from media_factory import image_bytes, noise_frames, solid_frames
 
-from pipeline.config import DecodeConfig, DifficultyConfig, FilterConfig
-from pipeline.decode import DecodeStage, ProbeStage
-from pipeline.entropy import EntropyStage
-from pipeline.filters import EntropyFilterStage, MetadataFilterStage
-from pipeline.hash_inputs import HashStage
-from pipeline.keyframes import KeyframeStage
-from pipeline.probe import probe
-from pipeline.sampling import schedule
-from pipeline.stage import STATUS_COLUMNS, Reject, Stage, check_chain
-from pipeline.write import EncodeFramesStage, ShardWriter
-from schemas.dataset import REJECT_REASONS
+from rdtf.pipeline.config import DecodeConfig, DifficultyConfig, FilterConfig
+from rdtf.pipeline.decode import DecodeStage, ProbeStage
+from rdtf.pipeline.entropy import EntropyStage
+from rdtf.pipeline.filters import EntropyFilterStage, MetadataFilterStage
+from rdtf.pipeline.hash_inputs import HashStage
+from rdtf.pipeline.keyframes import KeyframeStage
+from rdtf.pipeline.probe import probe
+from rdtf.pipeline.sampling import schedule
+from rdtf.pipeline.stage import STATUS_COLUMNS, Reject, Stage, check_chain
+from rdtf.pipeline.write import EncodeFramesStage, ShardWriter
+from rdtf.schemas.dataset import REJECT_REASONS
 
 INPUT_COLUMNS = ("source_uri", "sample_id", "num_bytes", "caption", "source_id")  # what the runner's main pass gets
 

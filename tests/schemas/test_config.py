@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.config import DecodeConfig, PreprocessConfig
-from schemas.config import ConfigError, from_dict, load, to_dict
+from rdtf.pipeline.config import DecodeConfig, PreprocessConfig
+from rdtf.schemas.config import ConfigError, from_dict, load, to_dict
 
 
 def yaml_file(tmp_path, text: str) -> str:

@@ -7,11 +7,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.write import write_table
-from schemas import REJECT_SCHEMA, SAMPLE_SCHEMA, SCHEMA_VERSION, SchemaVersionError, open_dataset
-from schemas.dataset import KEYFRAME_COUNTS, REJECT_REASONS, VERSION_KEY
-from schemas.frames import decode_frames, encode_frame
-from schemas.layout import DATA_DIR, REJECTS_DIR, TEMP_PREFIX, DatasetLayout
+from rdtf.pipeline.write import write_table
+from rdtf.schemas import REJECT_SCHEMA, SAMPLE_SCHEMA, SCHEMA_VERSION, SchemaVersionError, open_dataset
+from rdtf.schemas.dataset import KEYFRAME_COUNTS, REJECT_REASONS, VERSION_KEY
+from rdtf.schemas.frames import decode_frames, encode_frame
+from rdtf.schemas.layout import DATA_DIR, REJECTS_DIR, TEMP_PREFIX, DatasetLayout
 
 
 def frames(count: int = 3, size: int = 16, seed: int = 0) -> np.ndarray:

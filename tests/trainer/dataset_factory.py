@@ -10,9 +10,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from schemas.dataset import KEYFRAME_COUNTS, SAMPLE_SCHEMA
-from schemas.frames import encode_frame
-from schemas.layout import DATA_DIR
+from rdtf.schemas.dataset import KEYFRAME_COUNTS, SAMPLE_SCHEMA
+from rdtf.schemas.frames import encode_frame
+from rdtf.schemas.layout import DATA_DIR
 
 
 def clip_frames(index: int, num_frames: int, size: int) -> np.ndarray:

@@ -14,10 +14,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from conftest import REPO
 
-from schemas.config import ConfigError, load
-from trainer import checkpoint
-from trainer.config import TrainConfig
-from trainer.train import prepare_run
+from rdtf.schemas.config import ConfigError, load
+from rdtf.trainer import checkpoint
+from rdtf.trainer.config import TrainConfig
+from rdtf.trainer.train import prepare_run
 
 TINY = str(REPO / "configs" / "tiny.yaml")
 

@@ -12,10 +12,10 @@ import pytest
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from schemas.config import ConfigError, from_dict
-from trainer.curriculum import MIN_HISTORY, Curriculum, CurriculumConfig
-from trainer.masks import TASKS
-from trainer.pacing import EpochPacer
+from rdtf.schemas.config import ConfigError, from_dict
+from rdtf.trainer.curriculum import MIN_HISTORY, Curriculum, CurriculumConfig
+from rdtf.trainer.masks import TASKS
+from rdtf.trainer.pacing import EpochPacer
 
 T = 1000
 GENERATION, INTERPOLATION, PREDICTION = ("t2v", "i2v", "it2v"), ("interpolate",), ("predict-pre", "predict-post")

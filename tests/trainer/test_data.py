@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from dataset_factory import make_dataset
 
-from schemas.reader import open_dataset
-from trainer.config import DataConfig
-from trainer.data import ClipLoader, ParquetRows, keyframe_count
+from rdtf.schemas.reader import open_dataset
+from rdtf.trainer.config import DataConfig
+from rdtf.trainer.data import ClipLoader, ParquetRows, keyframe_count
 
 
 @pytest.fixture

@@ -8,9 +8,9 @@ import pytest
 import torch
 from conftest import REPO
 
-from schemas.config import ConfigError
-from trainer.dfgn import DFGN, count_parameters, read_model_config
-from trainer.sti import STILayer
+from rdtf.schemas.config import ConfigError
+from rdtf.trainer.dfgn import DFGN, count_parameters, read_model_config
+from rdtf.trainer.sti import STILayer
 
 PAPER_PARAMETERS = 0.96e9  # paper: "0.96 B parameters"
 

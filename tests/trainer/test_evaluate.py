@@ -14,8 +14,8 @@ import torch
 from conftest import REPO
 from dataset_factory import make_dataset
 
-from trainer.evaluate import FRAME_TASKS, copy_nearest, evaluate, frame_scores, scored_mask
-from trainer.masks import TASKS
+from rdtf.trainer.evaluate import FRAME_TASKS, copy_nearest, evaluate, frame_scores, scored_mask
+from rdtf.trainer.masks import TASKS
 
 TINY = str(REPO / "configs" / "tiny.yaml")
 CLIPS = 2
@@ -40,7 +40,7 @@ def data(tmp_path_factory) -> str:
 @pytest.fixture(scope="module")
 def run(data, tmp_path_factory) -> str:
     out = str(tmp_path_factory.mktemp("runs") / "run")
-    command = [sys.executable, "-m", "jobs.cli", "train", "--config", TINY, "--data", data, "--out", out]
+    command = [sys.executable, "-m", "rdtf.jobs.cli", "train", "--config", TINY, "--data", data, "--out", out]
     command += ["--steps", "2", "--micro-batch", "2", "--set", "data.shuffle_buffer=4"]
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)

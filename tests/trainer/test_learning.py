@@ -7,10 +7,10 @@ from __future__ import annotations
 import torch
 from conftest import REPO
 
-from trainer.config import DiffusionConfig
-from trainer.dfgn import DFGN, read_model_config
-from trainer.diffusion import train_scheduler, training_target
-from trainer.masks import condition_mask, masked_mse
+from rdtf.trainer.config import DiffusionConfig
+from rdtf.trainer.dfgn import DFGN, read_model_config
+from rdtf.trainer.diffusion import train_scheduler, training_target
+from rdtf.trainer.masks import condition_mask, masked_mse
 
 SIZE, BATCH, STEPS = 8, 8, 60
 

@@ -8,7 +8,7 @@ import pickle
 import numpy as np
 import pytest
 
-from trainer.pacing import EpochPacer, uniforms
+from rdtf.trainer.pacing import EpochPacer, uniforms
 
 
 def _pacer(n: int = 1000, passes: int = 3, seed: int = 0) -> EpochPacer:

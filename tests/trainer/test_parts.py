@@ -8,12 +8,12 @@ import torch
 from dataset_factory import tiny_vae_folder
 from PIL import Image
 
-from schemas.config import ConfigError, from_dict
-from trainer.config import DiffusionConfig, LatentConfig, TextConfig, TrainConfig
-from trainer.diffusion import generate, guided_noise, sample_scheduler, train_scheduler
-from trainer.latents import PixelCodec, VaeCodec, load_codec
-from trainer.media import clip_to_frames, frames_to_clip, read_frames, read_image, write_gif
-from trainer.text import MASK_TOKEN_ID, TextEncoder
+from rdtf.schemas.config import ConfigError, from_dict
+from rdtf.trainer.config import DiffusionConfig, LatentConfig, TextConfig, TrainConfig
+from rdtf.trainer.diffusion import generate, guided_noise, sample_scheduler, train_scheduler
+from rdtf.trainer.latents import PixelCodec, VaeCodec, load_codec
+from rdtf.trainer.media import clip_to_frames, frames_to_clip, read_frames, read_image, write_gif
+from rdtf.trainer.text import MASK_TOKEN_ID, TextEncoder
 
 TINY_TEXT = TextConfig(model="rdtf-tiny-text", weights="random")
 

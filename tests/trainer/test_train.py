@@ -18,9 +18,9 @@ from conftest import REPO
 from dataset_factory import make_dataset, tiny_vae_folder
 from PIL import Image
 
-from trainer import checkpoint
-from trainer.masks import TASKS
-from trainer.sample import SampleRequest, sample
+from rdtf.trainer import checkpoint
+from rdtf.trainer.masks import TASKS
+from rdtf.trainer.sample import SampleRequest, sample
 
 TINY = str(REPO / "configs" / "tiny.yaml")
 FAST = ["--set", "data.shuffle_buffer=4", "--set", "run.log_every=1", "--micro-batch", "2"]
@@ -29,7 +29,7 @@ FAST += ["--set", "optim.ema_decay=0.9", "--set", "run.sample_every=4", "--set",
 
 def rdtf(*args: str, launcher: list[str] | None = None, **popen) -> subprocess.Popen:
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
-    command = (launcher or [sys.executable]) + ["-m", "jobs.cli", *args]
+    command = (launcher or [sys.executable]) + ["-m", "rdtf.jobs.cli", *args]
     return subprocess.Popen(
         command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen
     )
@@ -226,10 +226,10 @@ def test_every_sample_gif_of_a_run_has_one_prompt(tmp_path):
 
     import pyarrow.parquet as pq
 
-    from schemas.config import load
-    from schemas.reader import open_dataset
-    from trainer.config import TrainConfig
-    from trainer.train import preview_prompt
+    from rdtf.schemas.config import load
+    from rdtf.schemas.reader import open_dataset
+    from rdtf.trainer.config import TrainConfig
+    from rdtf.trainer.train import preview_prompt
 
     reader = open_dataset(make_dataset(str(tmp_path / "data")))
     cfg = load(TrainConfig, str(REPO / "configs" / "tiny.yaml"))

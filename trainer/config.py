@@ -115,6 +115,7 @@ class EngineConfig:
     zero_stage: int = 2  # 0-3
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, about 30% more time
+    deepspeed_config: str | None = None  # your DeepSpeed JSON file, merged over rdtf's (offload, monitor, profiler)
 
     def __post_init__(self) -> None:
         require(self.zero_stage in (0, 1, 2, 3), "engine.zero_stage", "must be 0, 1, 2 or 3")

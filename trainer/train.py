@@ -27,6 +27,7 @@ import deepspeed
 import numpy as np
 import torch
 import torch.distributed as dist
+from deepspeed.runtime.config import DeepSpeedConfig
 from diffusers.training_utils import EMAModel
 from tqdm import tqdm
 
@@ -105,8 +106,56 @@ def init_processes() -> tuple[int, int, torch.device]:
     return dist.get_rank(), dist.get_world_size(), device
 
 
-def deepspeed_config(cfg: TrainConfig, bf16: bool) -> dict[str, Any]:
-    """DeepSpeed's JSON config from ours: ZeRO stage, precision, accumulation, clipping, warmup."""
+# DeepSpeed keys that rdtf sets from its own config (dotted: a key inside a section), with the setting to use instead:
+# a user's DeepSpeed JSON that sets one is refused, so the run's config.json keeps saying what the run does.
+DERIVED_DEEPSPEED_KEYS = {
+    "train_batch_size": "optim.micro_batch and optim.grad_accum (times the number of processes)",
+    "train_micro_batch_size_per_gpu": "optim.micro_batch",
+    "gradient_accumulation_steps": "optim.grad_accum",
+    "gradient_clipping": "optim.grad_clip",
+    "zero_optimization.stage": "engine.zero_stage",
+    "bf16": "engine.precision",
+    "fp16": "engine.precision",
+    "amp": "engine.precision",
+    "optimizer": "the optim section (rdtf builds torch's AdamW)",
+    "scheduler": "optim.warmup_steps",
+}
+DEEPSPEED_FILE = "deepspeed_config.json"  # RUN_DIR/deepspeed_config.json: the merged JSON DeepSpeed ran with
+
+
+def user_deepspeed_config(path: str | None) -> dict[str, Any]:
+    """engine.deepspeed_config read and checked for keys rdtf sets itself: {} when there is none."""
+    if path is None:
+        return {}
+    key = "config key 'engine.deepspeed_config'"
+    try:
+        with open(path) as f:
+            user = json.load(f)
+    except OSError as error:
+        raise ConfigError(f"{key}: cannot read {path} ({error.strerror})") from error
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"{key}: {path} is not JSON ({error})") from error
+    if not isinstance(user, dict):
+        raise ConfigError(f"{key}: {path} must hold a JSON object of DeepSpeed settings")
+    for dotted, setting in DERIVED_DEEPSPEED_KEYS.items():
+        section, _, inner = dotted.rpartition(".")
+        if inner in (user.get(section, {}) if section else user):
+            raise ConfigError(f"{key}: {path} sets '{dotted}', which rdtf derives from {setting}: set that instead")
+    return user
+
+
+def _merge(ours: dict[str, Any], theirs: dict[str, Any]) -> dict[str, Any]:
+    """`theirs` over `ours`, section by section (a nested mapping merges, anything else replaces)."""
+    merged = dict(ours)
+    for key, value in theirs.items():
+        both = isinstance(value, dict) and isinstance(ours.get(key), dict)
+        merged[key] = _merge(ours[key], value) if both else value
+    return merged
+
+
+def deepspeed_config(cfg: TrainConfig, bf16: bool, user: dict[str, Any] | None = None) -> dict[str, Any]:
+    """DeepSpeed's JSON config from ours (ZeRO stage, precision, accumulation, clipping, warmup), with the user's own
+    DeepSpeed settings merged over it (`user_deepspeed_config`), checked by DeepSpeed's own config parser."""
     config: dict[str, Any] = {
         "train_micro_batch_size_per_gpu": cfg.optim.micro_batch,
         "gradient_accumulation_steps": cfg.optim.grad_accum,
@@ -115,6 +164,7 @@ def deepspeed_config(cfg: TrainConfig, bf16: bool) -> dict[str, Any]:
         # parameter tensor per step, which made the tiny preset host-bound on an H200 (docs/benchmarks.md, "GPU").
         "bf16": {"enabled": bf16, "check_grad_overflow": False} if bf16 else {"enabled": False},
         "zero_allow_untested_optimizer": True,  # torch's AdamW: no CPU-Adam build on CPU machines
+        "zero_force_ds_cpu_optimizer": False,  # and it stays torch's AdamW under offload (engine.deepspeed_config)
         "steps_per_print": 10**9,  # rdtf logs itself
     }
     if cfg.optim.grad_clip > 0:
@@ -129,6 +179,13 @@ def deepspeed_config(cfg: TrainConfig, bf16: bool) -> dict[str, Any]:
                 "warmup_type": "linear",
             },
         }
+    config = _merge(config, user or {})
+    try:
+        DeepSpeedConfig(config)  # no process group needed; refuses unknown keys inside a section, wrong types
+    except (ValueError, TypeError, AssertionError) as error:
+        refusal = " ".join(str(error).split())  # pydantic's message spans lines
+        path = cfg.engine.deepspeed_config
+        raise ConfigError(f"config key 'engine.deepspeed_config': DeepSpeed refuses {path}: {refusal}") from error
     return config
 
 
@@ -140,8 +197,9 @@ def step_generator(*keys: int) -> torch.Generator:
 
 
 # Keys a resumed run may change: how long it runs (and so its schedule's length), how often it logs and saves, how
-# fast it decodes, whether it keeps an EMA. Every other key changes what the run computes (the model, text tower,
-# latent space, noise schedule, optimizer, data order, curriculum), so a resume with another value is refused.
+# fast it decodes, whether it keeps an EMA, the user's DeepSpeed JSON (whose keys that change results are refused).
+# Every other key changes what the run computes (the model, text tower, latent space, noise schedule, optimizer, data
+# order, curriculum), so a resume with another value is refused.
 MAY_CHANGE_AT_RESUME = frozenset(
     {
         "run.max_steps",
@@ -152,6 +210,7 @@ MAY_CHANGE_AT_RESUME = frozenset(
         "run.sample_prompt",
         "data.decode_threads",
         "engine.gradient_checkpointing",
+        "engine.deepspeed_config",
         "optim.ema_decay",
         "curriculum.length",
     }
@@ -306,11 +365,13 @@ def _memory_gib(device: torch.device) -> float:
 
 def train(cfg: TrainConfig, data: str, run_dir: str) -> TrainSummary:
     """Train (or resume) the run in `run_dir` on the dataset at `data`; see the module docstring for the order."""
-    # -- 1. the data (a wrong --data fails here, before any process group or file), processes and device ----------
+    # -- 1. the data and DeepSpeed JSON (wrong ones fail here, before any process group or file), processes, device --
     reader = open_dataset(data)
+    user_deepspeed = user_deepspeed_config(cfg.engine.deepspeed_config)  # a wrong file fails here too
     rank, world_size, device = init_processes()
     bf16 = cfg.engine.precision == "bf16" or (cfg.engine.precision == "auto" and device.type == "cuda")
     dtype = torch.bfloat16 if bf16 else torch.float32
+    engine_config = deepspeed_config(cfg, bf16, user_deepspeed)
     is_main = rank == 0
     seed = cfg.run.seed
     torch.manual_seed(seed)  # the same initial weights on every rank (ZeRO-3 partitions each rank's own copy)
@@ -335,6 +396,9 @@ def train(cfg: TrainConfig, data: str, run_dir: str) -> TrainSummary:
 
     # -- 4. the run folder and its config: written once the data and the model were accepted ---------------------
     prepare_run(run_dir, cfg, data, dataset_identity(reader), rank)
+    if is_main:  # the merged DeepSpeed JSON, beside the run's config
+        with open(os.path.join(run_dir, DEEPSPEED_FILE), "w") as f:
+            json.dump(engine_config, f, indent=2)
 
     # -- 5. DeepSpeed: ZeRO, precision, accumulation, clipping, warmup ----------------------------------------------
     optim = cfg.optim
@@ -343,7 +407,7 @@ def train(cfg: TrainConfig, data: str, run_dir: str) -> TrainSummary:
     )
     if not log.isEnabledFor(logging.INFO):  # DeepSpeed's notices (its logger is its own) only at INFO, e.g. -v
         deepspeed.utils.logger.setLevel(logging.ERROR)
-    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=deepspeed_config(cfg, bf16))
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=engine_config)
 
     # -- 6. resume: weights, optimizer and lr from DeepSpeed; data position, curriculum, RNG and EMA from our state --
     step = 0

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import REPO
-from dataset_factory import clip_frames, make_dataset
+from dataset_factory import clip_frames, make_dataset, tiny_vae_folder
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -146,6 +146,39 @@ def rdtf_clip(model: DFGN, cfg: TrainConfig, text: torch.Tensor, request: Sample
     result = clip_to_frames(codec.decode(latents))[0]
     result[GIVEN[request.task]] = frames[GIVEN[request.task]]
     return result
+
+
+def test_a_run_in_vae_space_exports_its_vae_and_samples_from_an_image(tmp_path):
+    data = make_dataset(str(tmp_path / "ds"), files=1, rows_per_file=4)
+    vae = ["--set", "latent.mode=vae", "--set", f"latent.vae_path={tiny_vae_folder(tmp_path / 'vae')}"]
+    args = ["--steps", "1", "--micro-batch", "2", "--set", "data.shuffle_buffer=4", *vae]
+    done = rdtf("train", "--config", TINY, "--data", data, "--out", str(tmp_path / "run"), *args)
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = export_pipeline(str(tmp_path / "run"), str(tmp_path / "pipeline"))
+    assert json.loads((Path(out) / "model_index.json").read_text())["vae"] == ["diffusers", "AutoencoderKL"]
+    Image.fromarray(clip_frames(5, 1, 32)[0]).save(tmp_path / "image.png")
+    script = textwrap.dedent(
+        """
+        import sys
+        import numpy as np, torch
+        from diffusers import DiffusionPipeline
+        pipe = DiffusionPipeline.from_pretrained(sys.argv[1], trust_remote_code=True)
+        pipe.set_progress_bar_config(disable=True)
+        clip = pipe("a square", task="it2v", image=sys.argv[2] + "/image.png", num_inference_steps=2,
+                    generator=torch.Generator().manual_seed(0), output_type="np").frames
+        np.save(sys.argv[2] + "/it2v.npy", clip)
+        print(type(pipe.vae).__name__, pipe.unet.config.in_channels)
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": "", "HF_MODULES_CACHE": str(tmp_path / "modules"), "CUDA_VISIBLE_DEVICES": ""}
+    loaded = subprocess.run(
+        [sys.executable, "-c", script, out, str(tmp_path)], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert loaded.returncode == 0, loaded.stderr
+    assert loaded.stdout.split() == ["AutoencoderKL", "4"]  # 4 latent channels: diffusion ran in the VAE's space
+    clip = np.load(tmp_path / "it2v.npy")
+    assert clip.shape == (1, 8, 32, 32, 3)
+    assert np.array_equal(clip[0, 0], clip_frames(5, 1, 32)[0])  # the given frame, kept as given
 
 
 def test_an_older_checkpoint_and_its_raw_weights_can_be_exported(run, tmp_path):

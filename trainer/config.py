@@ -133,6 +133,7 @@ class RunConfig:
     keep_checkpoints: int = 2  # older ones are deleted
     sample_every: int = 0  # a sample GIF in TensorBoard and RUN_DIR/samples every N steps; 0 = off
     sample_prompt: str = ""  # the text of every sample GIF, so that steps compare; "" = the dataset's first caption
+    export_every_checkpoint: bool = False  # also write each checkpoint as a diffusers pipeline (`rdtf export`)
 
     def __post_init__(self) -> None:
         require(self.max_steps >= 1, "run.max_steps", "must be at least 1")

@@ -39,6 +39,7 @@ from rdtf.trainer.curriculum import Curriculum
 from rdtf.trainer.data import Batch, ClipLoader, ParquetRows
 from rdtf.trainer.dfgn import DFGN
 from rdtf.trainer.diffusion import generate, sample_scheduler, train_scheduler, training_target
+from rdtf.trainer.export import export_pipeline
 from rdtf.trainer.latents import load_codec
 from rdtf.trainer.masks import TEXT_ON, condition_mask, frame_mask, masked_mse
 from rdtf.trainer.media import clip_to_frames, write_gif
@@ -47,6 +48,7 @@ from rdtf.trainer.text import TextEncoder
 log = logging.getLogger("rdtf.train")
 
 METRICS_FILE = "metrics.jsonl"
+EXPORT_DIR = "pipeline"  # RUN_DIR/checkpoints/step-N/pipeline/ with run.export_every_checkpoint (docs/export.md)
 
 
 @dataclass
@@ -208,6 +210,7 @@ MAY_CHANGE_AT_RESUME = frozenset(
         "run.keep_checkpoints",
         "run.sample_every",
         "run.sample_prompt",
+        "run.export_every_checkpoint",
         "data.decode_threads",
         "engine.gradient_checkpointing",
         "engine.deepspeed_config",
@@ -514,9 +517,11 @@ def train(cfg: TrainConfig, data: str, run_dir: str) -> TrainSummary:
                 "curriculum": curriculum.state_dict(),
                 "torch_rng": torch.get_rng_state(),
             }
-            checkpoint.save(engine, run_dir, step, own_state, ema)
+            folder = checkpoint.save(engine, run_dir, step, own_state, ema)
             if is_main:
                 checkpoint.prune(run_dir, cfg.run.keep_checkpoints)
+                if cfg.run.export_every_checkpoint:  # a diffusers pipeline folder beside the checkpoint's weights
+                    export_pipeline(run_dir, os.path.join(folder, EXPORT_DIR), checkpoint.tag(step))
             dist.barrier()
 
     # -- 8. teardown and the summary -----------------------------------------------------------------------------------

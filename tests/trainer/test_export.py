@@ -69,11 +69,11 @@ def rdtf(*args: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Path:
-    """Two steps of the tiny preset with EMA, a checkpoint after each."""
+    """Two steps of the tiny preset with EMA, a checkpoint after each, each also exported by the trainer."""
     data = make_dataset(str(tmp_path_factory.mktemp("data") / "ds"), files=2, rows_per_file=4)
     run = tmp_path_factory.mktemp("runs") / "run"
     fast = ["--micro-batch", "2", "--set", "data.shuffle_buffer=4", "--set", "optim.ema_decay=0.9"]
-    fast += ["--set", "run.checkpoint_every=1"]
+    fast += ["--set", "run.checkpoint_every=1", "--set", "run.export_every_checkpoint=true"]
     done = rdtf("train", "--config", TINY, "--data", data, "--out", str(run), "--steps", "2", *fast)
     assert done.returncode == 0, done.stdout + done.stderr
     return run
@@ -189,6 +189,15 @@ def test_an_older_checkpoint_and_its_raw_weights_can_be_exported(run, tmp_path):
     )
     assert exported.keys() == raw.keys() and all(torch.equal(exported[k], raw[k]) for k in raw)
     assert json.loads((Path(out) / "rdtf_run.json").read_text())["weights"] == "checkpoints/step-00000001/model"
+
+
+def test_the_trainer_exports_every_checkpoint_when_asked(run):
+    for step in (1, 2):
+        folder = run / "checkpoints" / checkpoint.tag(step)
+        exported = load_file(folder / "pipeline" / "unet" / "diffusion_pytorch_model.safetensors")
+        ema = load_file(folder / "ema" / "diffusion_pytorch_model.safetensors")
+        assert exported.keys() == ema.keys() and all(torch.equal(exported[k], ema[k]) for k in ema)
+        assert (folder / "pipeline" / "model_index.json").is_file()
 
 
 def test_the_generated_dfgn_module_imports_no_rdtf():

@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     with importing_quietly():
         import torch.distributed as dist
 
-        from rdtf.trainer.evaluate import HeldoutMismatch, evaluate
+        from rdtf.trainer.evaluate import evaluate
         from rdtf.trainer.sample import load_run_config
 
     cfg = load_run_config(args.checkpoint)
@@ -111,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
             clip_weights=clip_weights,
             examples=args.examples,
         )
-    except (HeldoutMismatch, ValueError) as error:
+    except ValueError as error:  # HeldoutMismatch, or arguments evaluate() refuses (clips, tasks, keyframes)
         if not dist.is_initialized() or dist.get_rank() == 0:
             print(f"rdtf eval: error: {error}", file=sys.stderr)
         return 2

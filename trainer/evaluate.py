@@ -28,6 +28,7 @@ import torch
 import torch.distributed as dist
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
+from rdtf.schemas.config import ConfigError
 from rdtf.schemas.dataset import KEYFRAME_COUNTS
 from rdtf.schemas.reader import open_dataset
 from rdtf.trainer import checkpoint
@@ -61,8 +62,9 @@ CONFIDENCE = 0.95  # of the intervals over clips
 READ_BATCH = 16  # rows per Arrow batch read from the held-out set
 
 
-class HeldoutMismatch(ValueError):
-    """The held-out dataset cannot be scored by this checkpoint (frame size or frame count); the user's to fix."""
+class HeldoutMismatch(ConfigError):
+    """The held-out dataset cannot be scored by this checkpoint (frame size or frame count); the user's to fix (a
+    ConfigError, so every command reports it in one line with exit 2)."""
 
 
 class Mean:
@@ -550,3 +552,35 @@ def evaluate(
         clip_weights=clip_weights,
         examples=[kept[index] for index in sorted(kept)],
     )
+
+
+def check_training_eval(cfg: TrainConfig) -> None:
+    """At the start of training with eval.every set: the weights files and the held-out set, so that a wrong one
+    fails now and not at the first evaluation, hours in."""
+    if cfg.eval.i3d_weights:
+        check_i3d_weights(cfg.eval.i3d_weights)
+    if cfg.eval.clip_weights:
+        check_clip_weights(cfg.eval.clip_weights, cfg.text.model)
+    check_data(cfg.eval.data, NUM_FRAMES, cfg.latent.resolution)
+
+
+def training_scalars(run_dir: str, cfg: TrainConfig, step_tag: str, device: torch.device) -> dict[str, float]:
+    """eval/MEASURE/TASK of the checkpoint `step_tag` (eval.* settings, one noise draw for the loss), for TensorBoard.
+    Every rank scores its share of the clips. The training RNG is left as it was, so a resumed run trains the same."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        report = evaluate(
+            run_dir,
+            cfg.eval.data,
+            clips=cfg.eval.clips,
+            steps=cfg.eval.steps,
+            seed=cfg.eval.seed,
+            draws=1,
+            device=str(device),
+            step_tag=step_tag,
+            tasks=cfg.eval.tasks,
+            i3d_weights=cfg.eval.i3d_weights,
+            i3d_size=cfg.eval.i3d_size,
+            clip_weights=cfg.eval.clip_weights,
+        )
+    measures = ("loss", "psnr", "ssim", "clip_similarity", "fvd")
+    return {f"eval/{name}/{task}": value for name in measures for task, value in getattr(report, name).items()}

@@ -15,6 +15,7 @@ import torch
 from conftest import REPO
 from dataset_factory import make_dataset
 
+from rdtf.trainer.config import TrainConfig
 from rdtf.trainer.evaluate import (
     FRAME_TASKS,
     HeldoutMismatch,
@@ -215,3 +216,44 @@ def test_held_out_rows_that_do_not_fit_are_refused_with_both_values():
     with pytest.raises(HeldoutMismatch, match=r"at most 5 frames.*scored on 8"):
         check_fit(row, 8, 32, "held")
     check_fit({"frame_size": 64, "keyframe_sets": [[0]] * 6}, 8, 32, "held")
+
+
+def test_training_logs_a_small_evaluation_to_tensorboard(data, tmp_path):
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "rdtf.jobs.cli", "train", "--config", TINY, "--data", data, "--out", str(out)]
+    command += [
+        "--steps",
+        "2",
+        "--micro-batch",
+        "2",
+        "--set",
+        "data.shuffle_buffer=4",
+        "--set",
+        "run.checkpoint_every=2",
+    ]
+    for key, value in {"every": 2, "data": data, "clips": 2, "steps": 1, "tasks": "[interpolate]"}.items():
+        command += ["--set", f"eval.{key}={value}"]
+    command += ["--set", "eval.i3d_weights=random", "--set", "eval.clip_weights=random", "--set", "eval.i3d_size=32"]
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    events = [event for path in (out / "tb").iterdir() for event in EventFileLoader(str(path)).Load()]
+    logged = {v.tag: (e.step, v.simple_value) for e in events if e.HasField("summary") for v in e.summary.value}
+    for tag in (
+        "eval/loss/interpolate",
+        "eval/psnr/interpolate",
+        "eval/fvd/interpolate",
+        "eval/clip_similarity/interpolate",
+    ):
+        assert tag in logged and logged[tag][0] == 2 and math.isfinite(logged[tag][1]), tag
+
+
+def test_eval_every_must_fall_on_a_checkpoint():
+    from rdtf.schemas.config import ConfigError, load
+
+    with pytest.raises(ConfigError, match="eval.every"):
+        load(TrainConfig, TINY, {"eval.every": 3, "eval.data": "held", "run.checkpoint_every": 2})
+    with pytest.raises(ConfigError, match="eval.data"):
+        load(TrainConfig, TINY, {"eval.every": 100})

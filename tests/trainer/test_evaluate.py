@@ -4,6 +4,7 @@ random weights, the streamed and sharded held-out set, and held-out sets that do
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import subprocess
@@ -218,36 +219,35 @@ def test_held_out_rows_that_do_not_fit_are_refused_with_both_values():
     check_fit({"frame_size": 64, "keyframe_sets": [[0]] * 6}, 8, 32, "held")
 
 
-def test_training_logs_a_small_evaluation_to_tensorboard(data, tmp_path):
+def test_training_logs_a_small_evaluation_to_tensorboard_and_trains_as_without(data, tmp_path):
     from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
-    out = tmp_path / "run"
-    command = [sys.executable, "-m", "rdtf.jobs.cli", "train", "--config", TINY, "--data", data, "--out", str(out)]
-    command += [
-        "--steps",
-        "2",
-        "--micro-batch",
-        "2",
-        "--set",
-        "data.shuffle_buffer=4",
-        "--set",
-        "run.checkpoint_every=2",
-    ]
-    for key, value in {"every": 2, "data": data, "clips": 2, "steps": 1, "tasks": "[interpolate]"}.items():
-        command += ["--set", f"eval.{key}={value}"]
-    command += ["--set", "eval.i3d_weights=random", "--set", "eval.clip_weights=random", "--set", "eval.i3d_size=32"]
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout + done.stderr
-    events = [event for path in (out / "tb").iterdir() for event in EventFileLoader(str(path)).Load()]
-    logged = {v.tag: (e.step, v.simple_value) for e in events if e.HasField("summary") for v in e.summary.value}
-    for tag in (
-        "eval/loss/interpolate",
-        "eval/psnr/interpolate",
-        "eval/fvd/interpolate",
-        "eval/clip_similarity/interpolate",
-    ):
-        assert tag in logged and logged[tag][0] == 2 and math.isfinite(logged[tag][1]), tag
+    def train(out, *sets: str) -> list[dict]:
+        command = [sys.executable, "-m", "rdtf.jobs.cli", "train", "--config", TINY, "--data", data, "--out", str(out)]
+        command += ["--steps", "4", "--micro-batch", "2", "--set", "data.shuffle_buffer=4"]
+        for pair in ("run.checkpoint_every=2", *sets):
+            command += ["--set", pair]
+        env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+        done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stdout + done.stderr
+        return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+    evaluated = train(
+        tmp_path / "run",
+        *("eval.every=2", f"eval.data={data}", "eval.clips=2", "eval.steps=1", "eval.tasks=[interpolate]"),
+        *("eval.i3d_weights=random", "eval.clip_weights=random", "eval.i3d_size=32"),
+    )
+    events = [event for path in (tmp_path / "run" / "tb").iterdir() for event in EventFileLoader(str(path)).Load()]
+    logged: dict[str, list] = {}
+    for event in events:
+        for value in event.summary.value if event.HasField("summary") else []:
+            logged.setdefault(value.tag, []).append((event.step, value.simple_value))
+    for measure in ("loss", "psnr", "fvd", "clip_similarity"):
+        tag = f"eval/{measure}/interpolate"
+        assert [step for step, _ in logged.get(tag, [])] == [2, 4], tag
+        assert all(math.isfinite(value) for _, value in logged[tag]), tag
+    # the evaluation after step 2 leaves training as it was: the same batches and losses at steps 3 and 4
+    assert evaluated == train(tmp_path / "plain")
 
 
 def test_eval_every_must_fall_on_a_checkpoint():

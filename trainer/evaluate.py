@@ -250,15 +250,15 @@ def iter_clips(
     data: str, count: int | None, keyframes: int, resolution: int, rank: int = 0, world_size: int = 1
 ) -> Iterator[tuple[int, Clip]]:
     """(index, clip) of the first `count` rows of the dataset in file order (all when None) whose index is rank mod
-    world_size, each row checked (check_fit) and its k keyframes decoded as the trainer decodes them. Streamed: an
-    Arrow batch of READ_BATCH rows at a time."""
+    world_size, its k keyframes decoded as the trainer decodes them; every row is checked (check_fit). Streamed: an
+    Arrow batch of READ_BATCH rows at a time (every rank reads every row; it decodes only its own)."""
     index = 0
     for batch in open_dataset(data).iter_batches(columns=[*READ_COLUMNS, "frame_size"], batch_size=READ_BATCH):
         for row in batch.to_pylist():
             if count is not None and index >= count:
                 return
+            check_fit(row, keyframes, resolution, data)  # on every rank: all of them stop at the same row
             if index % world_size == rank:
-                check_fit(row, keyframes, resolution, data)
                 clip = decode_clip(row, keyframes, resolution)
                 yield index, ({k: v for k, v in row.items() if k != "frames"}, clip)
             index += 1

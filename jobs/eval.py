@@ -36,7 +36,7 @@ def add_eval_parser(commands: Any) -> None:
             "Sample every task on held-out stickers with the last checkpoint of RUN_DIR and score it: FVD (I3D "
             "features against the real clips), CLIP similarity of the caption and the generated frames, PSNR and "
             "SSIM of generated frames (interpolate, predict-*), and the denoising loss, each per-clip measure with a "
-            "95%% interval over clips. Writes REPORT_DIR/report.json and REPORT_DIR/index.html."
+            "95% interval over clips. Writes REPORT_DIR/report.json and REPORT_DIR/index.html."
         ),
         epilog="Measures, their variants and where to get the I3D weights: docs/evaluate.md.",
     )

@@ -18,7 +18,7 @@ import sys
 from typing import Any
 
 from rdtf.jobs.console import importing_quietly
-from rdtf.trainer.masks import TASKS
+from rdtf.trainer.masks import NUM_FRAMES, TASKS
 
 DEFAULT_TASKS = (
     "it2v,interpolate,predict-post"  # the paper's three tables: text&image to GIF, interpolation, prediction
@@ -87,9 +87,17 @@ def run(args: argparse.Namespace) -> int:
     with importing_quietly():
         import torch.distributed as dist
 
-        from rdtf.trainer.evaluate import evaluate
+        from rdtf.schemas.config import ConfigError
+        from rdtf.trainer.evaluate import MIN_KEYFRAMES, evaluate
         from rdtf.trainer.sample import load_run_config
 
+    # clips: FVD compares two sets; keyframes: fewer than MIN_KEYFRAMES leave a task nothing to give or predict
+    least = {"clips": 2, "steps": 1, "draws": 1, "keyframes": MIN_KEYFRAMES, "i3d_size": 32, "examples": 0}
+    for flag, minimum in least.items():
+        if getattr(args, flag) is not None and getattr(args, flag) < minimum:
+            args.parser.error(f"--{flag.replace('_', '-')} must be at least {minimum}")
+    if args.keyframes > NUM_FRAMES:
+        args.parser.error(f"--keyframes must be at most {NUM_FRAMES}, the frames of a generated clip")
     cfg = load_run_config(args.checkpoint)
     clip_weights = args.clip_weights or cfg.text.weights
     _init_processes()
@@ -111,11 +119,16 @@ def run(args: argparse.Namespace) -> int:
             clip_weights=clip_weights,
             examples=args.examples,
         )
-    except ValueError as error:  # HeldoutMismatch, or arguments evaluate() refuses (clips, tasks, keyframes)
+    # a missing weights file, a held-out set that does not fit (HeldoutMismatch): every rank fails alike, rank 0
+    # says it once
+    except (FileNotFoundError, ConfigError) as error:
         if not dist.is_initialized() or dist.get_rank() == 0:
             print(f"rdtf eval: error: {error}", file=sys.stderr)
         return 2
-    if dist.is_initialized() and dist.get_rank() != 0:
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    if int(os.environ.get("RANK", "0")) != 0:  # rank 0 writes the report
         return 0
     warnings = [
         RANDOM_WARNING.format(what=what, measure=measure)

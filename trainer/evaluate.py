@@ -243,7 +243,7 @@ def check_data(data: str, keyframes: int, resolution: int) -> None:
     for batch in reader.iter_batches(columns=["frame_size", "keyframe_sets"], batch_size=1):
         if batch.num_rows:
             return check_fit(batch.to_pylist()[0], keyframes, resolution, data)
-    raise ValueError(f"{data} has no rows to evaluate on")
+    raise HeldoutMismatch(f"{data} has no rows to evaluate on")
 
 
 def iter_clips(
@@ -516,7 +516,7 @@ def evaluate(
         kept = {index: example for share in shares for index, example in share.items()}
     count = losses[tasks[0]].count if tasks else 0
     if i3d and real_features.count < 2:
-        raise ValueError(f"FVD compares two sets of clips: {data} gave {real_features.count}")
+        raise HeldoutMismatch(f"FVD compares two sets of clips: {data} has {real_features.count}, give at least 2")
     measures = {"loss": losses, "psnr": psnrs, "ssim": ssims, "clip_similarity": similarities}
     return EvalReport(
         run_dir=run_dir,

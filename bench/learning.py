@@ -145,14 +145,14 @@ def picture(run: Path, data: Path, clips: int, out: Path, scales: tuple[float, f
     a coloured border), then a t2v sample of its caption."""
     import tempfile
 
-    from rdtf.trainer.evaluate import read_clips
+    from rdtf.trainer.evaluate import iter_clips
     from rdtf.trainer.media import frame_grid, read_frames, write_gif
     from rdtf.trainer.sample import GIVEN, SampleRequest, load_run_config, sample
 
     size = load_run_config(str(run)).latent.resolution
     rows, given = [], []
     with tempfile.TemporaryDirectory() as tmp:
-        for n, (row, real) in enumerate(read_clips(str(data), clips, 8, size)):
+        for n, (row, real) in iter_clips(str(data), clips, 8, size):
             gif = write_gif(real, os.path.join(tmp, f"real_{n}.gif"))
             rows.append(real)
             given.append([])

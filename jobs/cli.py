@@ -12,6 +12,7 @@ from pathlib import Path
 
 from rdtf.jobs.console import quiet_libraries
 from rdtf.jobs.demo import add_demo_parser
+from rdtf.jobs.eval import add_eval_parser
 from rdtf.jobs.export import add_export_parser
 from rdtf.jobs.launch import add_launch_parser
 from rdtf.jobs.preprocess import add_preprocess_parser
@@ -44,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_preprocess_parser(commands)
     add_train_parser(commands)
     add_sample_parser(commands)
+    add_eval_parser(commands)
     add_export_parser(commands)
     add_query_parser(commands)
     add_search_parser(commands)

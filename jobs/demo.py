@@ -97,12 +97,12 @@ def show_interpolation(dataset: str, run_dir: str, out: str) -> tuple[str, str]:
     generated frames as a picture (interpolation.png) and side by side as a GIF (interpolation.gif)."""
     import numpy as np
 
-    from rdtf.trainer.evaluate import read_clips
+    from rdtf.trainer.evaluate import iter_clips
     from rdtf.trainer.media import frame_grid, read_frames, write_gif
     from rdtf.trainer.sample import GIVEN, SampleRequest, load_run_config, sample
 
     size = load_run_config(run_dir).latent.resolution
-    row, real = read_clips(dataset, 1, 8, size)[0]
+    _, (row, real) = next(iter_clips(dataset, 1, 8, size))
     real_gif = write_gif(real, os.path.join(out, "interpolation_real.gif"))
     request = SampleRequest(task="interpolate", text=row["caption"] or "", gif=real_gif)
     generated = read_frames(sample(run_dir, request, os.path.join(out, "interpolation_sample.gif")), size, 8)

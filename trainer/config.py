@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from rdtf.schemas.config import require
 from rdtf.trainer.curriculum import CurriculumConfig
+from rdtf.trainer.masks import TASKS
 
 
 @dataclass
@@ -143,6 +144,28 @@ class RunConfig:
 
 
 @dataclass
+class EvalConfig:
+    """A small evaluation of the checkpoint just saved, logged to TensorBoard as eval/* (docs/evaluate.md)."""
+
+    every: int = 0  # optimizer steps, a multiple of run.checkpoint_every; 0 = off
+    data: str = ""  # a held-out dataset written by rdtf preprocess (clips the run does not train on)
+    clips: int = 8  # the first N held-out clips
+    steps: int = 10  # DDIM steps of generation
+    tasks: list[str] = field(default_factory=lambda: ["it2v", "interpolate", "predict-post"])
+    i3d_weights: str | None = None  # FVD when set: the I3D state dict (i3d_pretrained_400.pt) or "random"
+    i3d_size: int = 224  # I3D input pixels (224: standard FVD; smaller for smoke tests only)
+    clip_weights: str | None = None  # CLIP similarity when set: an open_clip checkpoint of text.model or "random"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        require(self.every >= 0, "eval.every", "must be >= 0")
+        require(not self.every or bool(self.data), "eval.data", "give a held-out dataset when eval.every is set")
+        require(self.clips >= 1 and self.steps >= 1, "eval.clips", "clips and steps must be at least 1")
+        require(all(t in TASKS for t in self.tasks), "eval.tasks", f"choose from {', '.join(TASKS)}")
+        require(not self.i3d_weights or self.clips >= 2, "eval.clips", "FVD compares two sets: at least 2 clips")
+
+
+@dataclass
 class TrainConfig:
     """Everything `rdtf train` needs besides the data and the run folder."""
 
@@ -155,6 +178,7 @@ class TrainConfig:
     engine: EngineConfig = field(default_factory=EngineConfig)
     run: RunConfig = field(default_factory=RunConfig)
     curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self) -> None:
         require(bool(self.model), "model", "give the model's settings (use a preset: configs/tiny.yaml, small, paper)")
@@ -162,4 +186,9 @@ class TrainConfig:
             self.optim.ema_decay is None or self.engine.zero_stage < 3,
             "optim.ema_decay",
             "EMA needs whole weights on every rank: use engine.zero_stage 0-2",
+        )
+        require(
+            self.eval.every % self.run.checkpoint_every == 0,
+            "eval.every",
+            "must be a multiple of run.checkpoint_every: it scores the checkpoint just saved",
         )

@@ -39,6 +39,7 @@ from rdtf.trainer.curriculum import Curriculum
 from rdtf.trainer.data import Batch, ClipLoader, ParquetRows
 from rdtf.trainer.dfgn import DFGN
 from rdtf.trainer.diffusion import generate, sample_scheduler, train_scheduler, training_target
+from rdtf.trainer.evaluate import check_training_eval, training_scalars
 from rdtf.trainer.export import export_pipeline
 from rdtf.trainer.latents import load_codec
 from rdtf.trainer.masks import TEXT_ON, condition_mask, frame_mask, masked_mse
@@ -370,6 +371,8 @@ def train(cfg: TrainConfig, data: str, run_dir: str) -> TrainSummary:
     """Train (or resume) the run in `run_dir` on the dataset at `data`; see the module docstring for the order."""
     # -- 1. the data and DeepSpeed JSON (wrong ones fail here, before any process group or file), processes, device --
     reader = open_dataset(data)
+    if cfg.eval.every:  # and a wrong held-out set or weights file for the evaluations (eval.*)
+        check_training_eval(cfg)
     user_deepspeed = user_deepspeed_config(cfg.engine.deepspeed_config)  # a wrong file fails here too
     rank, world_size, device = init_processes()
     bf16 = cfg.engine.precision == "bf16" or (cfg.engine.precision == "auto" and device.type == "cuda")
@@ -523,6 +526,12 @@ def train(cfg: TrainConfig, data: str, run_dir: str) -> TrainSummary:
                 if cfg.run.export_every_checkpoint:  # a diffusers pipeline folder beside the checkpoint's weights
                     export_pipeline(run_dir, os.path.join(folder, EXPORT_DIR), checkpoint.tag(step))
             dist.barrier()
+        # 7g. a small evaluation of the checkpoint just saved, on held-out clips (eval.every: a multiple of the above)
+        if cfg.eval.every and step % cfg.eval.every == 0:
+            scalars = training_scalars(run_dir, cfg, checkpoint.tag(step), device)
+            if tb is not None:
+                for name, value in scalars.items():
+                    tb.add_scalar(name, value, step)
 
     # -- 8. teardown and the summary -----------------------------------------------------------------------------------
     bar.close()

@@ -1,8 +1,10 @@
 """`trainer.evaluate` on a tiny run trained for 2 steps (in a subprocess, as users train): report keys, determinism,
-the frames that count (given and padded frames never do), and PSNR of identical frames."""
+the frames that count (given and padded frames never do), PSNR of identical frames, FVD and CLIP similarity with
+random weights, the streamed and sharded held-out set, and held-out sets that do not fit the checkpoint."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import subprocess
@@ -14,7 +16,18 @@ import torch
 from conftest import REPO
 from dataset_factory import make_dataset
 
-from rdtf.trainer.evaluate import FRAME_TASKS, copy_nearest, evaluate, frame_scores, scored_mask
+from rdtf.trainer.config import TrainConfig
+from rdtf.trainer.evaluate import (
+    FRAME_TASKS,
+    HeldoutMismatch,
+    Mean,
+    check_fit,
+    copy_nearest,
+    evaluate,
+    frame_scores,
+    iter_clips,
+    scored_mask,
+)
 from rdtf.trainer.masks import TASKS
 
 TINY = str(REPO / "configs" / "tiny.yaml")
@@ -54,7 +67,7 @@ def first(run, data):
 
 
 def test_report_scores_every_task(first):
-    assert first.checkpoint == "step-00000002" and len(first.sample_ids) == CLIPS
+    assert first.checkpoint == "step-00000002" and first.clips == CLIPS
     assert list(first.loss) == list(TASKS) and all(math.isfinite(v) and v > 0 for v in first.loss.values())
     assert list(first.psnr) == list(first.ssim) == list(FRAME_TASKS)
     assert all(math.isfinite(v) for v in first.psnr.values())
@@ -144,3 +157,103 @@ def test_only_scored_frames_count():
     psnr, ssim = frame_scores(generated, real, scored)
     assert psnr == [pytest.approx(10 * math.log10(255**2 * 16 * 16 * 3))] * 2
     assert ssim == [pytest.approx(1.0)] * 2
+
+
+MEASURED = QUICK | {"clips": 3, "tasks": ("it2v", "interpolate"), "i3d_weights": "random", "i3d_size": 32}
+MEASURED |= {"clip_weights": "random", "examples": 2}
+
+
+@pytest.fixture(scope="module")
+def measured(run, data):
+    return evaluate(run, data, **MEASURED)
+
+
+def test_fvd_and_clip_similarity_per_task_with_intervals(measured):
+    assert measured.tasks == ["it2v", "interpolate"] and measured.clips == 3
+    assert list(measured.loss) == list(measured.fvd) == list(measured.clip_similarity) == ["it2v", "interpolate"]
+    assert list(measured.psnr) == ["interpolate"]  # it2v has no real frames to compare with
+    assert all(math.isfinite(v) and v > 0 for v in measured.fvd.values())  # 2 training steps: far from the real clips
+    assert all(-1 <= v <= 1 for v in measured.clip_similarity.values())
+    for name in ("loss", "psnr", "ssim", "clip_similarity"):
+        for task, (low, high) in measured.intervals[name].items():
+            mean = getattr(measured, name)[task]
+            assert low <= mean <= high
+    assert [e["index"] for e in measured.examples] == [0, 1]
+    example = measured.examples[0]
+    assert example["real"].shape == (8, 32, 32, 3) and set(example["generated"]) == {"it2v", "interpolate"}
+    # the page's clips keep their given frames, as `rdtf sample` writes them
+    assert (example["generated"]["interpolate"][0::2] == example["real"][0::2]).all()
+    assert "examples" not in measured.to_dict()
+
+
+def test_the_measures_are_deterministic_for_a_seed(measured, run, data):
+    again = evaluate(run, data, **MEASURED)
+    assert {**again.to_dict(), "seconds": 0} == {**measured.to_dict(), "seconds": 0}
+
+
+def test_the_held_out_set_is_streamed_and_sharded(data):
+    stream = iter_clips(data, 5, 8, 32)
+    assert not isinstance(stream, list)  # a generator: nothing is read before it is asked for
+    whole = [(i, row["sample_id"]) for i, (row, _) in stream]
+    assert [i for i, _ in whole] == [0, 1, 2, 3, 4]
+    shards = [[(i, row["sample_id"]) for i, (row, _) in iter_clips(data, 5, 8, 32, r, 2)] for r in (0, 1)]
+    assert shards[0] == whole[0::2] and shards[1] == whole[1::2]
+
+
+def test_mean_interval_is_the_t_interval():
+    mean = Mean()
+    mean.add([1.0, 2.0, 3.0, None, 6.0])  # None: a clip without the measure (no caption)
+    values = np.array([1.0, 2.0, 3.0, 6.0])
+    half = 3.182446305284263 * values.std(ddof=1) / 2  # t(0.975, 3) * s / sqrt(4)
+    assert mean.count == 4 and mean.mean() == pytest.approx(3.0)
+    assert mean.interval() == pytest.approx([3.0 - half, 3.0 + half])
+
+
+def test_held_out_rows_that_do_not_fit_are_refused_with_both_values():
+    row = {"frame_size": 16, "keyframe_sets": [[0]] * 6}
+    with pytest.raises(HeldoutMismatch, match=r"16 px.*resolution is 32 px"):
+        check_fit(row, 8, 32, "held")
+    row = {"frame_size": 64, "keyframe_sets": [[0]] * 3}  # k = 3..5 only
+    with pytest.raises(HeldoutMismatch, match=r"at most 5 frames.*scored on 8"):
+        check_fit(row, 8, 32, "held")
+    check_fit({"frame_size": 64, "keyframe_sets": [[0]] * 6}, 8, 32, "held")
+
+
+def test_training_logs_a_small_evaluation_to_tensorboard_and_trains_as_without(data, tmp_path):
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    def train(out, *sets: str) -> list[dict]:
+        command = [sys.executable, "-m", "rdtf.jobs.cli", "train", "--config", TINY, "--data", data, "--out", str(out)]
+        command += ["--steps", "4", "--micro-batch", "2", "--set", "data.shuffle_buffer=4"]
+        for pair in ("run.checkpoint_every=2", *sets):
+            command += ["--set", pair]
+        env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+        done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stdout + done.stderr
+        return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+    evaluated = train(
+        tmp_path / "run",
+        *("eval.every=2", f"eval.data={data}", "eval.clips=2", "eval.steps=1", "eval.tasks=[interpolate]"),
+        *("eval.i3d_weights=random", "eval.clip_weights=random", "eval.i3d_size=32"),
+    )
+    events = [event for path in (tmp_path / "run" / "tb").iterdir() for event in EventFileLoader(str(path)).Load()]
+    logged: dict[str, list] = {}
+    for event in events:
+        for value in event.summary.value if event.HasField("summary") else []:
+            logged.setdefault(value.tag, []).append((event.step, value.simple_value))
+    for measure in ("loss", "psnr", "fvd", "clip_similarity"):
+        tag = f"eval/{measure}/interpolate"
+        assert [step for step, _ in logged.get(tag, [])] == [2, 4], tag
+        assert all(math.isfinite(value) for _, value in logged[tag]), tag
+    # the evaluation after step 2 leaves training as it was: the same batches and losses at steps 3 and 4
+    assert evaluated == train(tmp_path / "plain")
+
+
+def test_eval_every_must_fall_on_a_checkpoint():
+    from rdtf.schemas.config import ConfigError, load
+
+    with pytest.raises(ConfigError, match="eval.every"):
+        load(TrainConfig, TINY, {"eval.every": 3, "eval.data": "held", "run.checkpoint_every": 2})
+    with pytest.raises(ConfigError, match="eval.data"):
+        load(TrainConfig, TINY, {"eval.every": 100})

@@ -167,10 +167,11 @@ TODO = "SELECT i.* FROM inputs i ANTI JOIN ledger l USING (source_uri)"  # what 
 def check_accounting(ws: Workspace, not_done: str) -> None:
     """Every input of `inputs` is in the ledger exactly once, unless the query `not_done` (of source_uri) lists it,
     and no two rows of the dataset share a sample_id. Raises with examples: either would be a bug in rdtf."""
-    named = "SELECT source_uri, count(*) AS n FROM ledger SEMI JOIN inputs USING (source_uri) GROUP BY source_uri"
-    twice = f"SELECT source_uri FROM ({named}) WHERE n > 1"
-    missing = f"SELECT source_uri FROM inputs ANTI JOIN ({named}) USING (source_uri)"
-    missing += f" ANTI JOIN ({not_done}) USING (source_uri)"
+    ws.create("_named", "SELECT source_uri, count(*) AS n FROM ledger SEMI JOIN inputs USING (source_uri) GROUP BY 1")
+    twice = "SELECT source_uri FROM _named WHERE n > 1"
+    missing = (
+        f"SELECT source_uri FROM inputs ANTI JOIN _named USING (source_uri) ANTI JOIN ({not_done}) USING (source_uri)"
+    )
     shared = "SELECT sample_id FROM ledger WHERE reason IS NULL GROUP BY sample_id HAVING count(*) > 1"
     found = {name: ws.count(query) for name, query in (("missing", missing), ("twice", twice), ("shared", shared))}
     if any(found.values()):
@@ -179,6 +180,7 @@ def check_accounting(ws: Workspace, not_done: str) -> None:
             f"{found['twice']} present more than once (e.g. {ws.examples(twice)}), {found['shared']} sample ids on "
             f"more than one row (e.g. {ws.examples(shared)}). This is a bug in rdtf: please report it."
         )
+    ws.execute("DROP TABLE _named")
 
 
 def counts(ws: Workspace) -> tuple[int, dict[str, int]]:

@@ -149,7 +149,7 @@ def bookkeeping(folder: Path, rows_per_shard: int, memory_mb: int) -> dict:
         # have written are scanned instead (into a table of their own: timing only), and the check counts the
         # inputs still to do as not done.
         written = layout.parquet_files(DATA_DIR)[: len(main_blocks)]
-        ledger.load(ws, layout, written, [], table="scanned_after")
+        ledger.load(ws, layout, written, [], table="scanned_after", ours=True)
         ws.create("not_done", "SELECT source_uri FROM todo")
         ledger.check_accounting(ws, "SELECT source_uri FROM not_done")
         counts = count_outputs(*ledger.counts(ws), layout)

@@ -219,7 +219,13 @@ def discover(inputs: list[str], cfg: InputConfig, ws: Workspace) -> int:
             check_uri(example or "")
         except UnsafeURIError as error:
             raise InputError(f"{refused} input(s) refused, e.g. {error}. Remove or fix them, then run again.") from None
+    distinct, total = ws.sql("SELECT count(DISTINCT source_uri), count(*) FROM listed").fetchall()[0]
+    ws.execute("DROP TABLE IF EXISTS inputs")
+    if distinct == total:  # each URI named once, as a manifest usually does: the listing is the inputs
+        ws.execute("ALTER TABLE listed DROP COLUMN mention")
+        ws.execute("ALTER TABLE listed RENAME TO inputs")
+        return total
     firsts = ", ".join(f"arg_min({c}, mention) FILTER (WHERE {c} IS NOT NULL) AS {c}" for c in INPUT_SCHEMA.names[1:])
     ws.create("inputs", f"SELECT source_uri, {firsts} FROM listed GROUP BY source_uri")
     ws.execute("DROP TABLE listed")
-    return ws.count("SELECT * FROM inputs")
+    return distinct

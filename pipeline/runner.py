@@ -406,6 +406,6 @@ def _run(
     else:
         ours = [f"{layout.root}/{name}" for name in sorted(published)]
         data = [p for p in ours if p.startswith(layout.dir(DATA_DIR) + "/")]
-        ledger.load(ws, layout, data, [p for p in ours if p not in data] + new_rejects, append=True)
+        ledger.load(ws, layout, data, [p for p in ours if p not in data] + new_rejects, append=True, ours=True)
     ledger.check_accounting(ws, "SELECT source_uri FROM not_done")
     return summary, clip

@@ -78,7 +78,7 @@ def reject_rows(batch: Batch) -> list[dict[str, Any]]:
 
 
 def encode_frames(frames: list) -> list[bytes]:
-    """PNG-encode each frame; a frame sampled twice in a row (held on screen) is encoded once."""
+    """Encode each frame (schemas/frames.py); a frame sampled twice in a row (held on screen) is encoded once."""
     encoded: list[bytes] = []
     for i, frame in enumerate(frames):
         same = i > 0 and np.array_equal(frame, frames[i - 1])
@@ -87,8 +87,8 @@ def encode_frames(frames: list) -> list[bytes]:
 
 
 class EncodeFramesStage(Stage):
-    """The frames in their stored form (PNG), made where they were decoded: a batch that goes on to another
-    worker (the CLIP actors) carries about a sixth of the bytes of the decoded frames."""
+    """The frames in their stored form (raw RGB + zstd, schemas/frames.py), made where they were decoded: a batch that
+    goes on to another worker (the CLIP actors) carries about a sixth of the bytes of the decoded frames."""
 
     name = "encode"
     reads = ("frames",)

@@ -1,7 +1,8 @@
 """Arrow schemas of a curated dataset: one row per sticker, one reject row per unusable input.
 
 The folder layout is in `schemas.layout`.
-Every Parquet file carries SCHEMA_VERSION in its metadata under `rdtf.schema_version`; readers refuse other versions.
+Every Parquet file carries SCHEMA_VERSION in its metadata under `rdtf.schema_version`; readers refuse major versions
+other than READ_MAJORS.
 """
 
 from __future__ import annotations
@@ -9,7 +10,10 @@ from __future__ import annotations
 import pyarrow as pa
 
 # Bump the major part when a reader of the old version could misread the new files.
-SCHEMA_VERSION = "1.1"  # 1.1: source_version, truncated (nullable: 1.0 files read as null)
+# 1.1: source_version, truncated (nullable: 1.0 files read as null). 2.0: frames stored as raw RGB + zstd, not PNG
+# (schemas/frames.py), which a 1.x reader would fail to decode; 1.x files are still read (READ_MAJORS).
+SCHEMA_VERSION = "2.0"
+READ_MAJORS = ("1", "2")  # the major versions this rdtf reads
 VERSION_KEY = b"rdtf.schema_version"
 
 # k keyframes per sample, k = 3..8 (paper: "k in 3..8 keyframes per GIF"); keyframe_sets[k - 3] has length k.
@@ -56,7 +60,7 @@ SAMPLE_SCHEMA = pa.schema(
         pa.field("num_frames", pa.int32(), nullable=False),  # frames in the original
         pa.field("truncated", pa.bool_()),  # true: the file ended early and its complete frames were kept on request
         pa.field("frame_durations_ms", pa.list_(pa.int32()), nullable=False),  # display time of each original frame
-        # Sampled frames at the training resolution, losslessly encoded (PNG), with their display times.
+        # Sampled frames at the training resolution, losslessly encoded (schemas/frames.py), with their display times.
         pa.field("frames", pa.list_(pa.binary()), nullable=False),
         pa.field("frame_timestamps_ms", pa.list_(pa.int32()), nullable=False),
         pa.field("frame_size", pa.int32(), nullable=False),  # frames are frame_size x frame_size

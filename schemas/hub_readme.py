@@ -41,8 +41,8 @@ def render(card: dict[str, Any]) -> str:
         f"**{card.get('status')}**, updated {card.get('updated')}: {counts.get('rows', '?')} rows, "
         f"{counts.get('rejects', '?')} rejects.",
         "",
-        f"- `{DATA_DIR}/`: one row per sticker (frames as PNG bytes, keyframe sets, captions, entropies, static "
-        "difficulty, CLIP embedding and tags when the CLIP stage ran).",
+        f"- `{DATA_DIR}/`: one row per sticker (frames as zstd-compressed RGB bytes, keyframe sets, captions, "
+        "entropies, static difficulty, CLIP embedding and tags when the CLIP stage ran).",
         f"- `{REJECTS_DIR}/`: one row per input that did not become a row, with its reason.",
         f"- `{CARD_FILE}`: how it was made (the full configuration, the CLIP weights, counts by reason).",
         "",

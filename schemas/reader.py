@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from rdtf.schemas.dataset import REJECT_SCHEMA, SAMPLE_SCHEMA, SCHEMA_VERSION, VERSION_KEY
+from rdtf.schemas.dataset import READ_MAJORS, REJECT_SCHEMA, SAMPLE_SCHEMA, SCHEMA_VERSION, VERSION_KEY
 from rdtf.schemas.layout import DATA_DIR, REJECTS_DIR, DatasetLayout
 
 
@@ -28,16 +28,17 @@ def _major(version: str) -> str:
 
 
 def check_version(fs, path: str) -> None:
-    """Raise SchemaVersionError unless the file at `path` has this rdtf's major schema version."""
+    """Raise SchemaVersionError unless the file at `path` has a major schema version this rdtf reads."""
     check_metadata(pq.read_schema(path, filesystem=fs).metadata, path)
 
 
 def check_metadata(metadata: dict[bytes, bytes] | None, path: str) -> None:
     """`check_version` on a schema's metadata already read (one footer read per file when scanning)."""
     found = (metadata or {}).get(VERSION_KEY, b"").decode() or "none"
-    if _major(found) != _major(SCHEMA_VERSION):
+    if _major(found) not in READ_MAJORS:
         raise SchemaVersionError(
-            f"{path} has schema version {found}, but this rdtf reads version {SCHEMA_VERSION}. "
+            f"{path} has schema version {found}, but this rdtf reads versions {', '.join(READ_MAJORS)}.x "
+            f"(it writes {SCHEMA_VERSION}). "
             f"Re-run `rdtf preprocess` with this version to rebuild the dataset, "
             f"or install the rdtf version that wrote it (see its card.json, `software_version`)."
         )
@@ -94,7 +95,7 @@ class DatasetReader:
         yield from self._dataset(files, SAMPLE_SCHEMA).to_batches(columns=columns, batch_size=batch_size)
 
     def to_pandas(self, columns: list[str] | None = None, filter: pads.Expression | None = None):
-        """`read(...)` as a pandas DataFrame; name the columns you need (frames are PNG bytes, and large)."""
+        """`read(...)` as a pandas DataFrame; name the columns you need (frames are encoded bytes, and large)."""
         return self.read(columns, filter).to_pandas()
 
     def torch(

@@ -1,5 +1,5 @@
 """Streams a curated dataset into training batches: this rank's rows, ordered each epoch by the curriculum's pacing
-(trainer/pacing.py), read a row group at a time, PNG decoding on background threads, a shuffle buffer, and a
+(trainer/pacing.py), read a row group at a time, frame decoding on background threads, a shuffle buffer, and a
 position that a checkpoint restores exactly.
 
 The dataset is opened only through `schemas.open_dataset` and read with plain pyarrow (one process per GPU under the
@@ -9,7 +9,6 @@ frames in memory; per row of the rank's share the loader keeps 1 bit (admitted t
 
 from __future__ import annotations
 
-import io
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ import torch
 from PIL import Image
 
 from rdtf.schemas.dataset import KEYFRAME_COUNTS
+from rdtf.schemas.frames import decode_frame
 from rdtf.schemas.reader import DatasetReader
 from rdtf.trainer.config import DataConfig
 from rdtf.trainer.masks import NUM_FRAMES
@@ -78,7 +78,7 @@ class ParquetRows:
         return file, int(np.searchsorted(self.group_starts[file], row, side="right")) - 1
 
     def read_group(self, file: int, group: int) -> pa.Table:
-        """One row group's columns for training; its frames stay PNG-encoded until a row is decoded."""
+        """One row group's columns for training; its frames stay encoded until a row is decoded."""
         return pq.ParquetFile(self.files[file], filesystem=self.fs).read_row_group(group, columns=READ_COLUMNS)
 
     def row(self, table: pa.Table, file: int, group: int, row: int) -> dict[str, Any]:
@@ -112,10 +112,11 @@ def decode_clip(row: dict[str, Any], k: int, resolution: int) -> np.ndarray:
     indices = row["keyframe_sets"][k - KEYFRAME_COUNTS[0]]
     frames = []
     for i in indices:
-        image = Image.open(io.BytesIO(row["frames"][i])).convert("RGB")
-        if image.size != (resolution, resolution):
-            image = image.resize((resolution, resolution), Image.Resampling.BICUBIC, reducing_gap=2.0)
-        frames.append(np.asarray(image))
+        frame = decode_frame(row["frames"][i])
+        if frame.shape[:2] != (resolution, resolution):
+            image = Image.fromarray(frame).resize((resolution, resolution), Image.Resampling.BICUBIC, reducing_gap=2.0)
+            frame = np.asarray(image)
+        frames.append(frame)
     return np.stack(frames)
 
 

@@ -14,6 +14,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
+import rdtf.pipeline.ledger as ledger_module
 import rdtf.pipeline.read_bytes as read_bytes_module
 import rdtf.pipeline.runner as runner_module
 from rdtf.jobs.corpus import make_corpus
@@ -27,7 +28,7 @@ from rdtf.pipeline.runner import run_preprocess
 from rdtf.pipeline.stage import NOT_DONE, NotDone, Reject
 from rdtf.pipeline.workspace import PREFIX, Workspace
 from rdtf.pipeline.write import ShardWriter, reject_rows
-from rdtf.schemas import open_dataset
+from rdtf.schemas import SchemaVersionError, open_dataset
 from rdtf.schemas.layout import DatasetLayout
 
 
@@ -254,3 +255,56 @@ def test_a_pass_reads_its_input_from_parquet_blocks_never_from_the_driver(
     assert hashing == "hash" and sum(hash_blocks) == summary.inputs
     assert probe == "probe" and 0 < sum(main_blocks) <= summary.inputs
     assert max(main_blocks) <= _config().ray.rows_per_shard  # a block is a task is at most one shard
+
+
+def _versioned(table: pa.Table, version: str | None) -> pa.Table:
+    return table.replace_schema_metadata({b"rdtf.schema_version": version.encode()} if version else None)
+
+
+def _ledger_dataset(root: Path) -> DatasetLayout:
+    """A dataset of schema 1.0 and 1.1 files (1.0 files have no source_version), rows and rejects."""
+    (root / "data").mkdir(parents=True)
+    (root / "rejects").mkdir()
+    old = pa.table({"sample_id": ["a"], "source_uri": ["/in/a.gif"], "frames": [[b"png"]]})
+    new = pa.table({"sample_id": ["b", "c"], "source_uri": ["/in/b.gif", "/in/c.gif"], "source_version": ["1:2", None]})
+    pq.write_table(_versioned(old, "1.0"), root / "data" / "part-0.parquet")
+    pq.write_table(_versioned(new, "1.1"), root / "data" / "part-1.parquet")
+    text = pa.string()
+    bad = pa.table({"source_uri": ["/in/d.gif"], "sample_id": pa.nulls(1, text), "reason": ["unreadable"]})
+    pq.write_table(_versioned(bad, "1.0"), root / "rejects" / "part-0.parquet")
+    dupe = pa.table(
+        {"source_uri": ["/in/e.gif"], "sample_id": ["b"], "source_version": ["3:4"], "reason": ["duplicate"]}
+    )
+    pq.write_table(_versioned(dupe, "1.1"), root / "rejects" / "part-1.parquet")
+    return DatasetLayout.at(str(root))
+
+
+def test_the_ledger_reads_alike_through_duckdb_and_pyarrow(tmp_path: Path) -> None:
+    """A local dataset's ledger is read by DuckDB (`load`), a remote one by pyarrow (`scan`): same entries."""
+    layout = _ledger_dataset(tmp_path / "out")
+    with Workspace() as ws:
+        ledger_module.load(ws, layout)
+        through_duckdb = ws.sql("SELECT * FROM ledger ORDER BY source_uri").to_arrow_table()
+    through_pyarrow = scan(layout).sort_by("source_uri")
+    assert through_duckdb.cast(LEDGER_SCHEMA).to_pylist() == through_pyarrow.to_pylist()
+    assert through_pyarrow.to_pylist() == [
+        {"source_uri": "/in/a.gif", "sample_id": "a", "source_version": None, "reason": None},
+        {"source_uri": "/in/b.gif", "sample_id": "b", "source_version": "1:2", "reason": None},
+        {"source_uri": "/in/c.gif", "sample_id": "c", "source_version": None, "reason": None},
+        {"source_uri": "/in/d.gif", "sample_id": None, "source_version": None, "reason": "unreadable"},
+        {"source_uri": "/in/e.gif", "sample_id": "b", "source_version": "3:4", "reason": "duplicate"},
+    ]
+
+
+@pytest.mark.parametrize("version", ["3.0", "0.9", None])
+def test_both_ledger_readers_refuse_a_file_of_another_schema_version(tmp_path: Path, version: str | None) -> None:
+    layout = _ledger_dataset(tmp_path / "out")
+    other = pa.table({"source_uri": ["/in/f.gif"], "reason": ["corrupt"]})
+    pq.write_table(_versioned(other, version), tmp_path / "out" / "rejects" / "part-2.parquet")
+    with pytest.raises(SchemaVersionError, match=f"part-2.parquet has schema version {version or 'none'}"):
+        scan(layout)
+    with (
+        Workspace() as ws,
+        pytest.raises(SchemaVersionError, match=f"part-2.parquet has schema version {version or 'none'}"),
+    ):
+        ledger_module.load(ws, layout)

@@ -122,11 +122,11 @@ def _rewrite_version(path, version: bytes | None) -> None:
 
 def test_a_newer_major_version_is_refused_naming_both_versions(tmp_path):
     layout = write_dataset(tmp_path, [[sample()]])
-    _rewrite_version(layout.parquet_files(DATA_DIR)[0], b"2.0")
+    _rewrite_version(layout.parquet_files(DATA_DIR)[0], b"3.0")
     with pytest.raises(SchemaVersionError) as error:
         open_dataset(str(tmp_path))
     message = str(error.value)
-    assert "2.0" in message and SCHEMA_VERSION in message
+    assert "3.0" in message and SCHEMA_VERSION in message
     assert "part-000.parquet" in message
 
 

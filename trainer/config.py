@@ -51,7 +51,7 @@ class DataConfig:
     """How the curated Parquet shards are streamed."""
 
     shuffle_buffer: int = 256  # rows held ready (decoded) to draw batches from
-    decode_threads: int = 2  # background threads that decode PNG frames ahead of the loop
+    decode_threads: int = 2  # background threads that decode stored frames ahead of the loop
 
     def __post_init__(self) -> None:
         require(self.shuffle_buffer >= 1, "data.shuffle_buffer", "must be at least 1")

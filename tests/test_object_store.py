@@ -123,6 +123,25 @@ def test_train_into_s3_and_resume(s3_server, s3_dataset, s3_env):
     assert not os.path.exists(RunStore.staging_folder(run, rank=0))
 
 
+def test_two_processes_train_into_s3_and_resume(s3_server, s3_dataset, s3_env):
+    """Under DeepSpeed's launcher each rank uploads its own ZeRO shard and state, and each downloads the whole
+    checkpoint to resume."""
+    run = f"s3://{s3_server.bucket}/runs/two"
+    launch = ["launch", "train", "--config", TINY, "--data", s3_dataset[0], "--out", run, "--num-gpus", "2"]
+    launch += ["--set", "data.shuffle_buffer=4", "--set", "optim.micro_batch=1"]
+    env = s3_env | {"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    assert "trained steps 0 -> 1" in rdtf_cli(env, *launch, "--steps", "1").stdout
+    fs, root = resolve(f"{run}/checkpoints/step-00000001")
+    saved = {info.base_name for info in fs.get_file_info(pafs.FileSelector(root))}
+    assert {"trainer_state-rank0.pt", "trainer_state-rank1.pt"} <= saved
+    assert {f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in (0, 1)} <= saved
+    assert "trained steps 1 -> 2 (resumed from step 1)" in rdtf_cli(env, *launch, "--steps", "2").stdout
+    assert read_text(f"{run}/checkpoints/latest").strip() == "step-00000002"
+    assert not any(os.path.exists(RunStore.staging_folder(run, rank)) for rank in (0, 1))
+    fs, root = resolve(run)
+    assert fs.get_file_info(f"{root}/_lock.json").type == pafs.FileType.NotFound  # released at the end
+
+
 def test_run_store_copies_files_and_folders_both_ways(s3_server, s3_env, tmp_path):
     store = RunStore.open(f"s3://{s3_server.bucket}/runs/store", rank=3)
     try:

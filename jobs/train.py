@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import uuid
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from typing import Any
 
 import yaml
@@ -84,7 +84,11 @@ def run(args: argparse.Namespace) -> int:
 
     overrides = {key: getattr(args, flag) for flag, key in FLAG_KEYS.items() if getattr(args, flag) is not None}
     cfg = load(TrainConfig, args.config, overrides | parse_sets(args.sets))
-    with run_lock(args.out):
+    with ExitStack() as held:
+        try:
+            held.enter_context(run_lock(args.out))
+        except OSError as error:  # e.g. a bucket that does not exist, or no right to write
+            raise ConfigError(f"--out {args.out}: cannot write there: {error}") from error
         summary = train(cfg, args.data, args.out)
     if summary.is_main:
         print("\n".join(summary.lines()))

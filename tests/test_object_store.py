@@ -162,3 +162,5 @@ def test_run_store_copies_files_and_folders_both_ways(s3_server, s3_env, tmp_pat
     assert not os.path.exists(store.local)
     local = RunStore.open(str(tmp_path / "run"))
     assert local.local == str(tmp_path / "run") and not local.remote
+    with pytest.raises(ValueError, match="RunStore.open"):
+        RunStore.of(f"s3://{s3_server.bucket}/runs/store")  # would share a process's staging folder

@@ -61,8 +61,13 @@ class RunStore:
 
     @classmethod
     def of(cls, run: RunStore | str) -> RunStore:
-        """`run` itself, or the store of a local folder (callers that only ever see local runs pass a path)."""
-        return run if isinstance(run, RunStore) else cls.open(run)
+        """`run` itself, or the store of a local folder (callers that only ever see local runs pass a path). A URI
+        is refused: its store has a staging folder per process, which only `open(uri, rank)` may create."""
+        if isinstance(run, RunStore):
+            return run
+        if "://" in run:
+            raise ValueError(f"{run}: open an object-store run with RunStore.open(uri, rank)")
+        return cls(run, run)
 
     @property
     def remote(self) -> bool:

@@ -142,6 +142,16 @@ def test_two_processes_train_into_s3_and_resume(s3_server, s3_dataset, s3_env):
     assert fs.get_file_info(f"{root}/_lock.json").type == pafs.FileType.NotFound  # released at the end
 
 
+def test_an_out_that_cannot_be_written_or_names_an_endpoint_is_one_line(s3_server, s3_dataset, s3_env):
+    train = ["-m", "rdtf.jobs.cli", "train", "--config", TINY, "--data", s3_dataset[0], "--steps", "1", "--out"]
+    for out, expected in (
+        ("s3://no-such-bucket/run", "--out s3://no-such-bucket/run: cannot write there"),
+        (f"s3://{s3_server.bucket}/run?endpoint_override=10.0.0.1", "may not carry a query string"),
+    ):
+        done = subprocess.run([sys.executable, *train, out], cwd=REPO, env=s3_env, capture_output=True, text=True)
+        assert done.returncode == 2 and expected in done.stderr and "Traceback" not in done.stderr
+
+
 def test_run_store_copies_files_and_folders_both_ways(s3_server, s3_env, tmp_path):
     store = RunStore.open(f"s3://{s3_server.bucket}/runs/store", rank=3)
     try:

@@ -6,7 +6,8 @@ which to choose).
 - deepspeed: `deepspeed [--hostfile HOSTS] --num_gpus N --module jobs.cli train ...` on this machine, which starts
   N processes on every host of HOSTS over SSH (pdsh); RUN and DATASET must be on storage every host reaches.
 - ray: a Ray job (jobs/ray_jobs.py) whose driver (jobs/ray_train.py) runs a TorchTrainer of N workers; Ray Train
-  makes the process group, DeepSpeed joins it.
+  makes the process group, DeepSpeed joins it. The job first runs the preflight of jobs/preflight.py: every node of
+  the cluster must read DATASET and share RUN, or the job fails naming the node and the path before any training.
 """
 
 from __future__ import annotations
@@ -101,16 +102,21 @@ def run_train(args: argparse.Namespace) -> int:
     return _submit_ray(args, to_dict(cfg))
 
 
+def ray_entrypoint(args: argparse.Namespace, data: str, out: str) -> str:
+    """The Ray job's command: the preflight on every node (reads DATASET, shares RUN), then the Ray Train driver."""
+    preflight = ["python", "-m", "rdtf.jobs.preflight", data, "--out", out]
+    train = [
+        *("python", "-m", "rdtf.jobs.ray_train", "--config", CONFIG_FILE, "--data", data, "--out", out),
+        *("--num-workers", str(args.num_workers), "--cpus-per-worker", str(args.cpus_per_worker)),
+        *(["--use-gpu"] if args.use_gpu else []),
+    ]
+    return f"{shlex.join(preflight)} && {shlex.join(train)}"
+
+
 def _submit_ray(args: argparse.Namespace, config: dict[str, Any]) -> int:
     data, out = cluster_path(args.data, "--data"), cluster_path(args.out, "--out")
     client = connect(args.address)
-    entrypoint = shlex.join(
-        [
-            *("python", "-m", "rdtf.jobs.ray_train", "--config", CONFIG_FILE, "--data", data, "--out", out),
-            *("--num-workers", str(args.num_workers), "--cpus-per-worker", str(args.cpus_per_worker)),
-            *(["--use-gpu"] if args.use_gpu else []),
-        ]
-    )
+    entrypoint = ray_entrypoint(args, data, out)
     with working_dir({CONFIG_FILE: json.dumps(config, indent=2)}) as folder:
         runtime_env = {"working_dir": folder, "env_vars": {"PYTHONUNBUFFERED": "1"}}
         metadata = {"rdtf_command": "train", "rdtf_output": out}

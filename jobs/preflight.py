@@ -6,7 +6,8 @@ How: the driver writes a token file into the output; one task pinned to each nod
 the work) checks that the inputs exist there, reads the token back (a node-local output has none, or another) and
 writes a file of its own, which the driver then must see.
 
-Run by `rdtf submit` jobs before `rdtf preprocess`: `python -m rdtf.jobs.preflight INPUT... --out OUT`.
+Run by `rdtf submit` jobs before `rdtf preprocess`, and by `rdtf launch train --backend ray` jobs before training
+(the dataset as the input, the run folder as the output): `python -m rdtf.jobs.preflight INPUT... --out OUT`.
 """
 
 from __future__ import annotations

@@ -48,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    from rdtf.jobs.train import run_lock
+
     with open(args.config) as f:
         config = json.load(f)
     resources = {"CPU": args.cpus_per_worker} | ({"GPU": 1} if args.use_gpu else {})
@@ -61,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         # Ray Train's own records (its checkpoints are not used: the trainer keeps DeepSpeed's in RUN).
         run_config=RunConfig(name="ray_train", storage_path=os.path.join(args.out, "ray_train")),
     )
-    trainer.fit()  # raises when the workers failed (after Ray Train's retries): the job then FAILED
+    with run_lock(args.out):  # the driver holds the run folder's lock while the workers train (jobs/train.py)
+        trainer.fit()  # raises when the workers failed (after Ray Train's retries): the job then FAILED
     return 0
 
 

@@ -1,18 +1,24 @@
 """`rdtf train --config PRESET.yaml --data DATASET_DIR --out RUN_DIR`: train DFGN (or resume the run in RUN_DIR).
 
 Under several processes: `deepspeed --num_gpus 8 [--hostfile H] --module jobs.cli train ...` or
-`torchrun --nproc_per_node 8 -m jobs.cli train ...`; every process runs this same command.
+`torchrun --nproc_per_node 8 -m jobs.cli train ...`; every process runs this same command, and rank 0 holds the
+run folder's lock (pipeline/lock.py) while it trains: a second run on the same --out is refused, naming the first.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import uuid
+from contextlib import ExitStack, nullcontext
 from typing import Any
 
 import yaml
 
 from rdtf.jobs.console import importing_quietly
+from rdtf.pipeline.lock import OutputLock
 from rdtf.schemas.config import ConfigError, load
+from rdtf.schemas.layout import DatasetLayout
 
 # flag -> dotted config key; flags and --set override the --config file.
 FLAG_KEYS = {
@@ -63,6 +69,13 @@ def add_train_parser(commands: Any) -> None:
     parser.set_defaults(run=run)
 
 
+def run_lock(out: str) -> OutputLock | nullcontext:
+    """The run folder's lock, held by rank 0 only (the launcher's RANK; none: a single process)."""
+    if os.environ.get("RANK", "0") != "0":
+        return nullcontext()
+    return OutputLock(DatasetLayout.at(out), owner=uuid.uuid4().hex[:12], command="rdtf train")
+
+
 def run(args: argparse.Namespace) -> int:
     from rdtf.trainer.config import TrainConfig  # imported here: `rdtf --help` stays fast
 
@@ -71,7 +84,12 @@ def run(args: argparse.Namespace) -> int:
 
     overrides = {key: getattr(args, flag) for flag, key in FLAG_KEYS.items() if getattr(args, flag) is not None}
     cfg = load(TrainConfig, args.config, overrides | parse_sets(args.sets))
-    summary = train(cfg, args.data, args.out)
+    with ExitStack() as held:
+        try:
+            held.enter_context(run_lock(args.out))
+        except OSError as error:  # e.g. a bucket that does not exist, or no right to write
+            raise ConfigError(f"--out {args.out}: cannot write there: {error}") from error
+        summary = train(cfg, args.data, args.out)
     if summary.is_main:
         print("\n".join(summary.lines()))
     return 0

@@ -1,5 +1,5 @@
 """One writer per dataset: a lock file (owner, host, pid, heartbeat) that `rdtf preprocess` takes before it changes
-anything in the output and renews while it runs.
+anything in the output and renews while it runs. `rdtf train` takes the same lock on its run folder (jobs/train.py).
 
 A second run on the same output is refused while the lock is alive. A lock whose heartbeat is older than
 `stale_after_s`, or whose process is gone from this host, belongs to a killed run: it is taken over with a warning.
@@ -57,6 +57,7 @@ class OutputLock:
 
     layout: DatasetLayout
     owner: str  # the run id
+    command: str = "rdtf preprocess"  # what writes the output, for messages
     heartbeat_s: float = HEARTBEAT_S
     stale_after_s: float = STALE_AFTER_S
     _stop: threading.Event = field(default_factory=threading.Event, init=False, repr=False)
@@ -107,7 +108,7 @@ class OutputLock:
             if reason is None:
                 age = time.time() - float(held["heartbeat"])
                 raise OutputLockedError(
-                    f"{self.layout.root} is being written by another rdtf preprocess ({describe(held)}, host "
+                    f"{self.layout.root} is being written by another {self.command} ({describe(held)}, host "
                     f"{held.get('host')}, pid {held.get('pid')}, heartbeat {age:.0f} s ago). Wait for it to finish, "
                     f"or write to another --out. If that job is dead, re-run: its lock is taken over "
                     f"{self.stale_after_s:.0f} s after its last heartbeat."
@@ -115,7 +116,7 @@ class OutputLock:
             log.warning("taking over the lock of %s from run %s: %s", self.layout.root, held.get("owner"), reason)
         self._write()
         if (self.read() or {}).get("owner") != self.owner:
-            raise OutputLockedError(f"{self.layout.root}: another rdtf preprocess took the lock at the same moment")
+            raise OutputLockedError(f"{self.layout.root}: another {self.command} took the lock at the same moment")
         self._thread = threading.Thread(target=self._renew, name="rdtf-output-lock", daemon=True)
         self._thread.start()
 

@@ -1,11 +1,19 @@
-"""Shared fixtures: the real sticker corpus (../shared, never copied here) and a private Ray temp dir per test."""
+"""Shared fixtures: the real sticker corpus (../shared, never copied here), a private Ray temp dir per test, and a
+local S3 server."""
 
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
 import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow.fs as pafs
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
@@ -32,3 +40,52 @@ def private_ray_tmp(monkeypatch: pytest.MonkeyPatch):
         monkeypatch.setenv("RAY_TMPDIR", folder)
         monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
         yield folder
+
+
+@dataclass(frozen=True)
+class S3Server:
+    """A local S3-compatible server; `env` is what a process needs to reach it (endpoint and credentials come from
+    the environment, as for any pyarrow or AWS user: URIs may not carry them)."""
+
+    endpoint: str
+    bucket: str
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_EC2_METADATA_DISABLED": "true",  # never look for credentials on a cloud metadata service
+        }
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """moto's S3 server on a free local port, with one empty bucket; stopped by the process id it started."""
+    moto = pytest.importorskip("moto.server", reason="moto[server] (the dev extra) is not installed")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    command = [sys.executable, "-m", moto.__name__, "-H", "127.0.0.1", "-p", str(port)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"moto's S3 server did not start on port {port} (exit code {process.poll()})")
+                time.sleep(0.2)
+        server = S3Server(f"http://127.0.0.1:{port}", "rdtf-test")
+        fs = pafs.S3FileSystem(
+            endpoint_override=server.endpoint, access_key="testing", secret_key="testing", allow_bucket_creation=True
+        )
+        fs.create_dir(server.bucket)
+        yield server
+    finally:
+        process.terminate()
+        process.wait(timeout=30)

@@ -8,6 +8,9 @@ position, curriculum, random states), and the weights as a diffusers folder that
         model/                              `save_pretrained` of the weights (rank 0)
         ema/                                the EMA weights, when optim.ema_decay is set (rank 0)
 
+RUN_DIR may be an object-store URI: the functions that save, resume and prune take a `RunStore` (trainer/run_store.py),
+which stages the files locally and copies them (`latest` last); a plain path is a local run folder.
+
 Checkpoints are loaded with `torch.load(weights_only=False)` (DeepSpeed does the same): load only runs you wrote.
 """
 
@@ -15,7 +18,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import socket
 import uuid
 from contextlib import nullcontext
@@ -26,6 +28,7 @@ import torch
 import torch.distributed as dist
 
 from rdtf.schemas.config import ConfigError
+from rdtf.trainer.run_store import RunStore
 
 CONFIG_FILE = "config.json"  # RUN_DIR/config.json: the resolved config of the run
 CHECKPOINTS = "checkpoints"
@@ -54,14 +57,16 @@ def latest_tag(run_dir: str) -> str | None:
 
 def save(
     engine: deepspeed.DeepSpeedEngine,
-    run_dir: str,
+    run: RunStore | str,
     step: int,
     state: dict[str, Any],
     ema: Any | None = None,
 ) -> str:
-    """Save on every rank (DeepSpeed needs all of them); returns the checkpoint folder."""
+    """Save on every rank (DeepSpeed needs all of them); returns the checkpoint folder (local, or in the staging
+    folder until it is uploaded)."""
+    store = RunStore.of(run)
     rank = dist.get_rank()
-    root = os.path.join(run_dir, CHECKPOINTS)
+    root = store.path(CHECKPOINTS)
     folder = os.path.join(root, tag(step))
     os.makedirs(folder, exist_ok=True)
     torch.save({**state, "world_size": dist.get_world_size()}, _state_file(folder, rank))
@@ -75,13 +80,31 @@ def save(
                 ema.save_pretrained(os.path.join(folder, EMA_DIR))  # writes the model's config with EMA weights
     dist.barrier()
     engine.save_checkpoint(root, tag=tag(step))  # writes `latest` last
+    if store.remote:
+        _upload(store, tag(step))
     return folder
 
 
-def resume_tag(run_dir: str) -> str | None:
+def _upload(store: RunStore, step_tag: str) -> None:
+    """Every rank uploads the files it wrote into the checkpoint and drops them here; once all have, rank 0 uploads
+    DeepSpeed's other files and `latest` last. A collective."""
+    store.push(f"{CHECKPOINTS}/{step_tag}", drop_local=True)
+    dist.barrier()
+    if dist.get_rank() == 0:
+        root = store.path(CHECKPOINTS)
+        for name in sorted(os.listdir(root)):  # zero_to_fp32.py and its kin: copied by DeepSpeed at every save
+            if name != LATEST and os.path.isfile(os.path.join(root, name)):
+                store.push(f"{CHECKPOINTS}/{name}")
+        store.push(f"{CHECKPOINTS}/{LATEST}")
+
+
+def resume_tag(run: RunStore | str) -> str | None:
     """The checkpoint every rank resumes from: the one rank 0 finds, broadcast, so that a node with a stale or
     missing view of `latest` cannot start from another step than the others. A collective: every rank calls it."""
-    found = [latest_tag(run_dir) if dist.get_rank() == 0 else None]
+    store = RunStore.of(run)
+    found = [None]
+    if dist.get_rank() == 0 and store.pull(f"{CHECKPOINTS}/{LATEST}"):
+        found[0] = latest_tag(store.local)
     dist.broadcast_object_list(found, src=0)
     return found[0]
 
@@ -96,13 +119,16 @@ def _agree(problem: str | None) -> None:
         raise ConfigError("; ".join(found))
 
 
-def load(engine: deepspeed.DeepSpeedEngine, run_dir: str) -> dict[str, Any] | None:
+def load(engine: deepspeed.DeepSpeedEngine, run: RunStore | str) -> dict[str, Any] | None:
     """Restore the checkpoint rank 0 chose into `engine` and return this rank's trainer state (None: from scratch).
-    Every rank checks its own files first, and all of them stop together when one cannot resume."""
-    found = resume_tag(run_dir)
+    Every rank checks its own files first, and all of them stop together when one cannot resume. From an object
+    store, every rank first downloads the whole checkpoint into its staging folder."""
+    store = RunStore.of(run)
+    found = resume_tag(store)
     if found is None:
         return None
-    folder = os.path.join(run_dir, CHECKPOINTS, found)
+    store.pull(f"{CHECKPOINTS}/{found}")
+    folder = store.path(CHECKPOINTS, found)
     state_file = _state_file(folder, dist.get_rank())
     problem = None
     if not os.path.isfile(state_file):
@@ -117,32 +143,39 @@ def load(engine: deepspeed.DeepSpeedEngine, run_dir: str) -> dict[str, Any] | No
             f"{folder} was saved by {state['world_size']} processes, {dist.get_world_size()} are running: resume "
             "with the same number (the data position and random states are per process)."
         )
-    engine.load_checkpoint(os.path.join(run_dir, CHECKPOINTS), tag=found)
+    engine.load_checkpoint(store.path(CHECKPOINTS), tag=found)
     return state
 
 
-def check_shared(run_dir: str) -> None:
-    """Refuse a run folder that not every rank sees (e.g. --out on a node's local disk): rank 0 writes a fresh token
-    into it, and every rank must read that token back. A collective, before anything trains or saves."""
+def check_shared(run: RunStore | str) -> None:
+    """Refuse a run folder that not every rank sees (e.g. --out on a node's local disk, or an object store that a
+    node reaches at another endpoint): rank 0 writes a fresh token into it, and every rank must read that token
+    back (from the store, for an object-store run). A collective, before anything trains or saves."""
+    store = RunStore.of(run)
     rank = dist.get_rank()
-    path = os.path.join(run_dir, RUN_TOKEN)
+    path = store.path(RUN_TOKEN)
     token = [uuid.uuid4().hex if rank == 0 else None]
+    problem = None
     if rank == 0:
-        os.makedirs(run_dir, exist_ok=True)
-        with open(path + ".tmp", "w") as f:
-            f.write(token[0])
-        os.replace(path + ".tmp", path)
+        try:
+            os.makedirs(store.local, exist_ok=True)
+            with open(path + ".tmp", "w") as f:
+                f.write(token[0])
+            os.replace(path + ".tmp", path)
+            store.push(RUN_TOKEN)
+        except OSError as error:
+            problem = f"cannot write into {store.uri}: {error}"
     dist.broadcast_object_list(token, src=0)  # also a barrier: rank 0 wrote the file before anyone reads it
     try:
+        store.pull(RUN_TOKEN)
         with open(path) as f:
             seen = f.read().strip() == token[0]
     except OSError:
         seen = False
-    problem = None
-    if not seen:
+    if not seen and problem is None:
         problem = (
-            f"{run_dir} on {socket.gethostname()} is not the folder rank 0 writes: every process must see the same "
-            "run folder (put --out on a file system that every node mounts)"
+            f"{store.uri} on {socket.gethostname()} is not the folder rank 0 writes: every process must see the same "
+            "run folder (put --out on a file system that every node mounts, or an object store every node reaches)"
         )
     _agree(problem)
 
@@ -160,12 +193,13 @@ def weights_folder(run_dir: str, use_ema: bool = True, step_tag: str | None = No
     return ema if use_ema and os.path.isdir(ema) else os.path.join(folder, MODEL_DIR)
 
 
-def prune(run_dir: str, keep: int) -> list[str]:
-    """Delete all but the newest `keep` checkpoints (never the one `latest` names); rank 0 only."""
-    root = os.path.join(run_dir, CHECKPOINTS)
-    tags = sorted(name for name in os.listdir(root) if re.fullmatch(r"step-\d{8}", name))
-    current = latest_tag(run_dir)
+def prune(run: RunStore | str, keep: int) -> list[str]:
+    """Delete all but the newest `keep` checkpoints (never the one `latest` names); rank 0 only, after a save (its
+    `latest` is then in the local or staging folder)."""
+    store = RunStore.of(run)
+    tags = [name for name in store.names(CHECKPOINTS) if re.fullmatch(r"step-\d{8}", name)]
+    current = latest_tag(store.local)
     removed = [t for t in tags[:-keep] if t != current]
     for old in removed:
-        shutil.rmtree(os.path.join(root, old))
+        store.remove(f"{CHECKPOINTS}/{old}")
     return removed

@@ -44,12 +44,14 @@ from rdtf.trainer.export import export_pipeline
 from rdtf.trainer.latents import load_codec
 from rdtf.trainer.masks import TEXT_ON, condition_mask, frame_mask, masked_mse
 from rdtf.trainer.media import clip_to_frames, write_gif
+from rdtf.trainer.run_store import RunStore
 from rdtf.trainer.text import TextEncoder
 
 log = logging.getLogger("rdtf.train")
 
 METRICS_FILE = "metrics.jsonl"
 EXPORT_DIR = "pipeline"  # RUN_DIR/checkpoints/step-N/pipeline/ with run.export_every_checkpoint (docs/export.md)
+LOGS = (METRICS_FILE, "tb", "samples")  # rank 0's files beside the checkpoints, uploaded with them to an object store
 
 
 @dataclass
@@ -234,14 +236,21 @@ def dataset_identity(reader: Any) -> str:
     return hashlib.sha256(listing.encode()).hexdigest()[:16]
 
 
-def prepare_run(run_dir: str, cfg: TrainConfig, data: str, dataset: str, rank: int) -> dict[str, Any]:
+def prepare_run(run: RunStore | str, cfg: TrainConfig, data: str, dataset: str, rank: int) -> dict[str, Any]:
     """Check that a resumed run keeps what changes its results, and that every rank sees the run folder; then write
     RUN_DIR/config.json. All ranks stop together on a problem, before anything trains; a refused config writes
     nothing. A collective."""
+    store = RunStore.of(run)
+    run_dir = store.uri
     resolved = {"config": to_dict(cfg), "dataset": dataset, "data": data}
-    path = os.path.join(run_dir, checkpoint.CONFIG_FILE)
-    problem = [None]
-    if rank == 0 and os.path.isfile(path):
+    path = store.path(checkpoint.CONFIG_FILE)
+    problem, saved_exists = [None], False
+    if rank == 0:
+        try:
+            saved_exists = store.pull(checkpoint.CONFIG_FILE)
+        except OSError as error:
+            problem[0] = f"cannot read {run_dir}: {error}"
+    if saved_exists:
         with open(path) as f:
             saved_run = json.load(f)
         saved = _flatten({"config": saved_run["config"], "dataset": saved_run.get("dataset")})
@@ -257,16 +266,17 @@ def prepare_run(run_dir: str, cfg: TrainConfig, data: str, dataset: str, rank: i
             )
             problem[0] = (
                 f"{run_dir} holds a run with other settings: {details}. These change the run's results: use a new "
-                f"--out folder, or the saved settings ({path}) to resume"
+                f"--out folder, or the saved settings ({os.path.join(run_dir, checkpoint.CONFIG_FILE)}) to resume"
             )
     dist.broadcast_object_list(problem, src=0)
     if problem[0]:
         raise ConfigError(problem[0])
-    checkpoint.check_shared(run_dir)
+    checkpoint.check_shared(store)
     if rank == 0:
         with open(path + ".tmp", "w") as f:
             json.dump(resolved, f, indent=2)
         os.replace(path + ".tmp", path)
+        store.push(checkpoint.CONFIG_FILE)
     dist.barrier()
     return resolved
 
@@ -367,6 +377,22 @@ def _memory_gib(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
 
 
+def check_store_supports(cfg: TrainConfig, run_dir: str) -> None:
+    """run.export_every_checkpoint and eval.every read the checkpoint just saved from the run's local folder, which
+    an object-store --out empties as it uploads (trainer/run_store.py): refused there, before anything starts."""
+    if "://" not in run_dir or run_dir.startswith("file://"):
+        return
+    for key, value in (
+        ("run.export_every_checkpoint", cfg.run.export_every_checkpoint),
+        ("eval.every", cfg.eval.every),
+    ):
+        if value:
+            raise ConfigError(
+                f"config key '{key}' needs a run folder on a local or shared filesystem, not {run_dir}: train there, "
+                f"or run `rdtf export` / `rdtf eval` on a local copy of the run"
+            )
+
+
 def train(cfg: TrainConfig, data: str, run_dir: str) -> TrainSummary:
     """Train (or resume) the run in `run_dir` on the dataset at `data`; see the module docstring for the order."""
     # -- 1. the data and DeepSpeed JSON (wrong ones fail here, before any process group or file), processes, device --
@@ -374,6 +400,7 @@ def train(cfg: TrainConfig, data: str, run_dir: str) -> TrainSummary:
     if cfg.eval.every:  # and a wrong held-out set or weights file for the evaluations (eval.*)
         check_training_eval(cfg)
     user_deepspeed = user_deepspeed_config(cfg.engine.deepspeed_config)  # a wrong file fails here too
+    check_store_supports(cfg, run_dir)
     rank, world_size, device = init_processes()
     bf16 = cfg.engine.precision == "bf16" or (cfg.engine.precision == "auto" and device.type == "cuda")
     dtype = torch.bfloat16 if bf16 else torch.float32
@@ -401,10 +428,12 @@ def train(cfg: TrainConfig, data: str, run_dir: str) -> TrainSummary:
     curriculum.bind(rows.static_difficulty())  # this rank's share only: its rows' scores live in arrays of its size
 
     # -- 4. the run folder and its config: written once the data and the model were accepted ---------------------
-    prepare_run(run_dir, cfg, data, dataset_identity(reader), rank)
+    store = RunStore.open(run_dir, rank)  # an object-store --out: a local staging folder (trainer/run_store.py)
+    prepare_run(store, cfg, data, dataset_identity(reader), rank)
     if is_main:  # the merged DeepSpeed JSON, beside the run's config
-        with open(os.path.join(run_dir, DEEPSPEED_FILE), "w") as f:
+        with open(store.path(DEEPSPEED_FILE), "w") as f:
             json.dump(engine_config, f, indent=2)
+        store.push(DEEPSPEED_FILE)
 
     # -- 5. DeepSpeed: ZeRO, precision, accumulation, clipping, warmup ----------------------------------------------
     optim = cfg.optim
@@ -417,18 +446,18 @@ def train(cfg: TrainConfig, data: str, run_dir: str) -> TrainSummary:
 
     # -- 6. resume: weights, optimizer and lr from DeepSpeed; data position, curriculum, RNG and EMA from our state --
     step = 0
-    state = checkpoint.load(engine, run_dir)
+    state = checkpoint.load(engine, store)
     if state is not None:
         step = state["step"]
         loader.load_state_dict(state["data"])
         curriculum.load_state_dict(state["curriculum"])
         torch.set_rng_state(state["torch_rng"])
-        _truncate_metrics(run_dir, step, is_main)
-    ema = _ema(cfg, engine, run_dir, step if state is not None else None, device)
+        _truncate_metrics(store, step, is_main)
+    ema = _ema(cfg, engine, store.local, step if state is not None else None, device)
     start_step = step
 
     # -- 7. the loop ---------------------------------------------------------------------------------------------------
-    tb = _tensorboard(run_dir, start_step) if is_main else None
+    tb = _tensorboard(store.local, start_step) if is_main else None
     bar = tqdm(total=cfg.run.max_steps, initial=step, unit="step", disable=not (is_main and sys.stderr.isatty()))
     latent_shape = (codec.channels, 8, latent_size, latent_size)
     prompt = preview_prompt(cfg, reader) if cfg.run.sample_every else ""
@@ -478,7 +507,7 @@ def train(cfg: TrainConfig, data: str, run_dir: str) -> TrainSummary:
         # 7d. logging: a line in metrics.jsonl every step; scalars and a readable line every log_every steps
         if is_main:
             record = {"step": step, "task": task, "loss": last_loss, "loss_generated": loss_generated}
-            _append_metrics(run_dir, record | {"loss_given": loss_given, "sample_ids": ids})
+            _append_metrics(store.local, record | {"loss_given": loss_given, "sample_ids": ids})
         if step % cfg.run.log_every == 0 or step == cfg.run.max_steps:
             elapsed = time.perf_counter() - window_start
             scalars = {
@@ -509,7 +538,7 @@ def train(cfg: TrainConfig, data: str, run_dir: str) -> TrainSummary:
         if cfg.run.sample_every and step % cfg.run.sample_every == 0:
             frames = preview(engine.module, cfg, codec, text_encoder, prompt, latent_shape, device, seed)
             if is_main:
-                path = os.path.join(run_dir, "samples", f"{checkpoint.tag(step)}.gif")
+                path = store.path("samples", f"{checkpoint.tag(step)}.gif")
                 write_gif(frames, path)
                 tb.add_images("sample/t2v", frames, step, dataformats="NHWC")
         # 7f. checkpoints: every rank saves its part; rank 0 prunes old ones
@@ -520,15 +549,17 @@ def train(cfg: TrainConfig, data: str, run_dir: str) -> TrainSummary:
                 "curriculum": curriculum.state_dict(),
                 "torch_rng": torch.get_rng_state(),
             }
-            folder = checkpoint.save(engine, run_dir, step, own_state, ema)
+            folder = checkpoint.save(engine, store, step, own_state, ema)
             if is_main:
-                checkpoint.prune(run_dir, cfg.run.keep_checkpoints)
+                checkpoint.prune(store, cfg.run.keep_checkpoints)
                 if cfg.run.export_every_checkpoint:  # a diffusers pipeline folder beside the checkpoint's weights
-                    export_pipeline(run_dir, os.path.join(folder, EXPORT_DIR), checkpoint.tag(step))
+                    export_pipeline(store.local, os.path.join(folder, EXPORT_DIR), checkpoint.tag(step))
+                tb.flush()
+                _upload_logs(store)
             dist.barrier()
         # 7g. a small evaluation of the checkpoint just saved, on held-out clips (eval.every: a multiple of the above)
         if cfg.eval.every and step % cfg.eval.every == 0:
-            scalars = training_scalars(run_dir, cfg, checkpoint.tag(step), device)
+            scalars = training_scalars(store.local, cfg, checkpoint.tag(step), device)
             if tb is not None:
                 for name, value in scalars.items():
                     tb.add_scalar(name, value, step)
@@ -538,6 +569,8 @@ def train(cfg: TrainConfig, data: str, run_dir: str) -> TrainSummary:
     loader.close()
     if tb is not None:
         tb.close()
+        _upload_logs(store)
+    store.close()
     seconds = time.perf_counter() - started
     total_clips += window_clips
     total_wait += window_wait
@@ -583,15 +616,21 @@ def _tensorboard(run_dir: str, start_step: int):
     return SummaryWriter(os.path.join(run_dir, "tb"), purge_step=start_step + 1 if start_step else None)
 
 
+def _upload_logs(store: RunStore) -> None:
+    """Copy rank 0's logs to an object-store run (a no-op for a local one); sample GIFs are not kept here after."""
+    for name in LOGS:
+        store.push(name, drop_local=name == "samples")
+
+
 def _append_metrics(run_dir: str, record: dict[str, Any]) -> None:
     with open(os.path.join(run_dir, METRICS_FILE), "a") as f:
         f.write(json.dumps(record) + "\n")
 
 
-def _truncate_metrics(run_dir: str, step: int, is_main: bool) -> None:
+def _truncate_metrics(store: RunStore, step: int, is_main: bool) -> None:
     """A resumed run re-does the steps after its checkpoint: drop their lines so each step is logged once."""
-    path = os.path.join(run_dir, METRICS_FILE)
-    if not is_main or not os.path.isfile(path):
+    path = store.path(METRICS_FILE)
+    if not is_main or not store.pull(METRICS_FILE):
         return
     with open(path) as f:
         kept = [line for line in f if json.loads(line)["step"] <= step]

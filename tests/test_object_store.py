@@ -174,3 +174,15 @@ def test_run_store_copies_files_and_folders_both_ways(s3_server, s3_env, tmp_pat
     assert local.local == str(tmp_path / "run") and not local.remote
     with pytest.raises(ValueError, match="RunStore.open"):
         RunStore.of(f"s3://{s3_server.bucket}/runs/store")  # would share a process's staging folder
+
+
+def test_per_checkpoint_exports_and_evaluations_need_a_local_run_folder() -> None:
+    from rdtf.schemas.config import ConfigError, load
+    from rdtf.trainer.config import TrainConfig
+    from rdtf.trainer.train import check_store_supports
+
+    cfg = load(TrainConfig, TINY, {"run.export_every_checkpoint": True})
+    check_store_supports(cfg, "/runs/r1")  # local and file:// folders are fine
+    check_store_supports(cfg, "file:///runs/r1")
+    with pytest.raises(ConfigError, match="run.export_every_checkpoint' needs a run folder on a local"):
+        check_store_supports(cfg, "s3://bucket/run")

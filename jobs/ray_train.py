@@ -3,7 +3,10 @@ run trainer/train.py's `train()`. Ray Train makes the process group (gloo on CPU
 WORLD_SIZE and LOCAL_RANK; the trainer finds the group made and DeepSpeed joins it.
 
 Checkpoints are the trainer's own (DeepSpeed's, in RUN/checkpoints on storage every node reaches): a worker group
-that Ray restarts, or a job launched again on the same RUN, resumes from the last one.
+that Ray restarts, or a job launched again on the same RUN, resumes from the last one. Each one is also reported to
+Ray Train (`ray.train.report`, with its step and loss) as a small checkpoint that points at it (POINTER_FILE: the
+step, the loss and the checkpoint's folder or URI), not as a copy: a copy would write every checkpoint twice. So
+`Result.checkpoint` and Ray's records name the trainer's checkpoints, which `rdtf sample`/`eval`/`export` read.
 
 Run by the job only: `python -m rdtf.jobs.ray_train --config rdtf_train_config.json --data D --out RUN --num-workers N`.
 """
@@ -14,11 +17,28 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 from typing import Any
+
+POINTER_FILE = "rdtf_checkpoint.json"  # the checkpoint Ray Train keeps: where the trainer's own one is
+
+
+def report_checkpoint(record: dict[str, Any]) -> None:
+    """On every worker after each checkpoint (Ray Train wants as many reports from each): rank 0's report carries
+    the pointer as a Ray Train checkpoint, which Ray copies into its storage before this returns."""
+    import ray.train
+
+    if ray.train.get_context().get_world_rank() != 0:
+        ray.train.report(record)
+        return
+    with tempfile.TemporaryDirectory(prefix="rdtf-pointer-") as folder:
+        with open(os.path.join(folder, POINTER_FILE), "w") as f:
+            json.dump(record, f)
+        ray.train.report(record, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
 
 def train_loop(config: dict[str, Any]) -> None:
-    """One Ray Train worker: the same `train()` as `rdtf train`, then the summary reported to Ray Train."""
+    """One Ray Train worker: the same `train()` as `rdtf train`, its checkpoints and summary reported to Ray Train."""
     import ray.train
 
     from rdtf.jobs.console import importing_quietly, quiet_libraries
@@ -29,7 +49,7 @@ def train_loop(config: dict[str, Any]) -> None:
     with importing_quietly():
         from rdtf.trainer.train import train
 
-    summary = train(from_dict(TrainConfig, config["config"]), config["data"], config["out"])
+    summary = train(from_dict(TrainConfig, config["config"]), config["data"], config["out"], report_checkpoint)
     if summary.is_main:
         print("\n".join(summary.lines()), flush=True)
     ray.train.report({"end_step": summary.end_step, "last_loss": summary.last_loss})
@@ -60,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
             num_workers=args.num_workers, use_gpu=args.use_gpu, resources_per_worker=resources
         ),
         torch_config=TorchConfig(backend="nccl" if args.use_gpu else "gloo"),
-        # Ray Train's own records (its checkpoints are not used: the trainer keeps DeepSpeed's in RUN).
+        # Ray Train's own records, and its checkpoints: pointers to the trainer's (report_checkpoint).
         run_config=RunConfig(name="ray_train", storage_path=os.path.join(args.out, "ray_train")),
     )
     with run_lock(args.out):  # the driver holds the run folder's lock while the workers train (jobs/train.py)

@@ -20,6 +20,7 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -393,8 +394,13 @@ def check_store_supports(cfg: TrainConfig, run_dir: str) -> None:
             )
 
 
-def train(cfg: TrainConfig, data: str, run_dir: str) -> TrainSummary:
-    """Train (or resume) the run in `run_dir` on the dataset at `data`; see the module docstring for the order."""
+def train(
+    cfg: TrainConfig, data: str, run_dir: str, on_checkpoint: Callable[[dict[str, Any]], None] | None = None
+) -> TrainSummary:
+    """Train (or resume) the run in `run_dir` on the dataset at `data`; see the module docstring for the order.
+
+    `on_checkpoint`, called on every rank once a checkpoint is saved (and uploaded), gets {step, loss, checkpoint:
+    its folder or URI}: how a launcher reports checkpoints without the loop knowing it (jobs/ray_train.py)."""
     # -- 1. the data and DeepSpeed JSON (wrong ones fail here, before any process group or file), processes, device --
     reader = open_dataset(data)
     if cfg.eval.every:  # and a wrong held-out set or weights file for the evaluations (eval.*)
@@ -557,6 +563,9 @@ def train(cfg: TrainConfig, data: str, run_dir: str) -> TrainSummary:
                 tb.flush()
                 _upload_logs(store)
             dist.barrier()
+            if on_checkpoint is not None:
+                tag_uri = f"{run_dir.rstrip('/')}/{checkpoint.CHECKPOINTS}/{checkpoint.tag(step)}"
+                on_checkpoint({"step": step, "loss": last_loss, "checkpoint": tag_uri})
         # 7g. a small evaluation of the checkpoint just saved, on held-out clips (eval.every: a multiple of the above)
         if cfg.eval.every and step % cfg.eval.every == 0:
             scalars = training_scalars(store.local, cfg, checkpoint.tag(step), device)

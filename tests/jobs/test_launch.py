@@ -14,6 +14,7 @@ import pytest
 import torch
 from local_cluster import LocalCluster
 
+from rdtf.jobs.ray_train import POINTER_FILE
 from rdtf.trainer import checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
@@ -88,5 +89,9 @@ def test_ray_train_stopped_at_a_checkpoint_continues_exactly(data, launcher_run:
         resumed = rdtf(*args, "--steps", "4", env=cluster.auth_env)
         assert "trained steps 2 -> 4 (resumed from step 2)" in resumed.stdout
     assert metrics(run) == metrics(launcher_run)  # same tasks, same batches (sample ids), same losses
+    # Ray Train's records: a checkpoint per trainer checkpoint, each pointing at it, from both jobs
+    pointers = [json.loads(p.read_text()) for p in (run / "ray_train").rglob(POINTER_FILE)]
+    assert sorted(p["step"] for p in pointers) == [2, 4]  # run.checkpoint_every=2
+    assert max(pointers, key=lambda p: p["step"])["checkpoint"] == str(run / "checkpoints" / "step-00000004")
     ours, theirs = weights(run), weights(launcher_run)
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in theirs)

@@ -10,11 +10,11 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow.fs as pafs
 import pytest
+from s3_server import S3Server
 
 REPO = Path(__file__).resolve().parent.parent
 STICKERS = REPO.parent / "shared" / "data" / "stickers"
@@ -40,25 +40,6 @@ def private_ray_tmp(monkeypatch: pytest.MonkeyPatch):
         monkeypatch.setenv("RAY_TMPDIR", folder)
         monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
         yield folder
-
-
-@dataclass(frozen=True)
-class S3Server:
-    """A local S3-compatible server; `env` is what a process needs to reach it (endpoint and credentials come from
-    the environment, as for any pyarrow or AWS user: URIs may not carry them)."""
-
-    endpoint: str
-    bucket: str
-
-    @property
-    def env(self) -> dict[str, str]:
-        return {
-            "AWS_ENDPOINT_URL": self.endpoint,
-            "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing",
-            "AWS_DEFAULT_REGION": "us-east-1",
-            "AWS_EC2_METADATA_DISABLED": "true",  # never look for credentials on a cloud metadata service
-        }
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,8 @@ from pathlib import Path
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pytest
-from conftest import REPO, S3Server
+from conftest import REPO
+from s3_server import S3Server
 
 import rdtf
 from rdtf.schemas.layout import resolve

@@ -10,9 +10,11 @@ from __future__ import annotations
 import argparse
 import os
 import uuid
-from contextlib import ExitStack, nullcontext
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
+import pyarrow.fs as pafs
 import yaml
 
 from rdtf.jobs.console import importing_quietly
@@ -69,11 +71,22 @@ def add_train_parser(commands: Any) -> None:
     parser.set_defaults(run=run)
 
 
-def run_lock(out: str) -> OutputLock | nullcontext:
-    """The run folder's lock, held by rank 0 only (the launcher's RANK; none: a single process)."""
+@contextmanager
+def run_lock(out: str) -> Iterator[None]:
+    """The run folder's lock, held by rank 0 only (the launcher's RANK; none: a single process). A folder the lock
+    made is removed again when the run wrote nothing into it (a config or --data refused at the start)."""
     if os.environ.get("RANK", "0") != "0":
-        return nullcontext()
-    return OutputLock(DatasetLayout.at(out), owner=uuid.uuid4().hex[:12], command="rdtf train")
+        yield
+        return
+    layout = DatasetLayout.at(out)
+    existed = layout.fs.get_file_info(layout.root).type != pafs.FileType.NotFound
+    try:
+        with OutputLock(layout, owner=uuid.uuid4().hex[:12], command="rdtf train"):
+            yield
+    finally:
+        made = not existed and layout.fs.get_file_info(layout.root).type == pafs.FileType.Directory
+        if made and not layout.fs.get_file_info(pafs.FileSelector(layout.root)):
+            layout.fs.delete_dir(layout.root)
 
 
 def run(args: argparse.Namespace) -> int:

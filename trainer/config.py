@@ -207,11 +207,12 @@ class TrainConfig:
 def upgrade_saved(config: dict[str, Any]) -> dict[str, Any]:
     """A saved config (RUN_DIR/config.json's "config") in today's keys: `curriculum.mode`, which set the task level
     and the sample level at once before issue 12, becomes the `curriculum.task`, `pacing` (and `adaptive_strength`)
-    it meant, so that an older run folder still resumes, samples and exports. Other configs come back unchanged."""
+    it meant, and `run.dual_masks` (not a key then) is on; so an older run folder still resumes (the resume compares
+    whole configs), samples and exports. Other configs come back unchanged."""
     curriculum = config.get("curriculum")
     if not isinstance(curriculum, dict) or "mode" not in curriculum:
         return config
     settings = {key: value for key, value in curriculum.items() if key != "mode"}
     mode = curriculum["mode"]
     require(mode in LEGACY_MODES, "curriculum.mode", f"must be one of {', '.join(LEGACY_MODES)}")
-    return config | {"curriculum": settings | LEGACY_MODES[mode]}
+    return config | {"curriculum": settings | LEGACY_MODES[mode], "run": {"dual_masks": True} | config.get("run", {})}

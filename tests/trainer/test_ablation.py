@@ -8,10 +8,14 @@ sample level). docs/curriculum.md, docs/masks.md, docs/model.md.
 from __future__ import annotations
 
 import json
+import socket
+import types
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import torch.distributed as dist
 from conftest import REPO
 from diffusers.models.resnet import TemporalConvLayer
 from scipy import stats
@@ -19,16 +23,18 @@ from scipy import stats
 from rdtf.jobs.cli import build_parser
 from rdtf.jobs.train import FLAG_KEYS, flag_value
 from rdtf.schemas.config import ConfigError, from_dict, load, to_dict
+from rdtf.trainer import checkpoint
 from rdtf.trainer.config import TrainConfig, upgrade_saved
 from rdtf.trainer.curriculum import TASK_GROUP, Curriculum, CurriculumConfig
 from rdtf.trainer.data import Batch
 from rdtf.trainer.dfgn import DFGN
 from rdtf.trainer.diffusion import train_scheduler, training_target
+from rdtf.trainer.export import standalone_dfgn_source
 from rdtf.trainer.latents import PixelCodec
 from rdtf.trainer.masks import SINGLE_TASK, TASKS, masked_mse, single_task_masks, trained_tasks
 from rdtf.trainer.sti import STILayer
 from rdtf.trainer.text import TextEncoder
-from rdtf.trainer.train import step_generator, training_loss
+from rdtf.trainer.train import prepare_run, step_generator, training_loss
 
 TINY = REPO / "configs" / "tiny.yaml"
 CPU = torch.device("cpu")
@@ -105,6 +111,16 @@ def test_conv3d_swaps_the_sti_layers_for_3d_convolutions_and_nothing_else() -> N
     with torch.no_grad():
         out = conv3d(sample, torch.tensor([10]), torch.randn(1, 77, 32), torch.zeros(1, 3, 8, 16, 16))
     assert out.shape == sample.shape
+
+
+def test_the_exported_model_code_builds_the_conv3d_variant() -> None:
+    """`rdtf export` writes DFGN's code without rdtf (trainer/export): the conv3d variant builds from it alike."""
+    module = types.ModuleType("modeling_dfgn")
+    exec(compile(standalone_dfgn_source(), "modeling_dfgn.py", "exec"), module.__dict__)
+    cfg = _tiny(**{"model.temporal_layer": "conv3d"})
+    exported = module.DFGN(**(cfg.model | {"in_channels": 3, "encoder_hid_dim": 32}))
+    assert sum(type(m).__name__ == "TemporalConvLayer" for m in exported.modules()) == 8
+    assert not any(type(m).__name__ == "STILayer" for m in exported.modules())
 
 
 # Dual masks.
@@ -248,3 +264,31 @@ def test_the_first_training_steps_at_the_defaults_are_as_before() -> None:
         assert float(now[0]) == pytest.approx(loss, rel=1e-3)
         curriculum.observe_task_loss(task, float(now[0]))
         assert curriculum.sample_weights(np.arange(11), step) == pytest.approx(weights, abs=2e-4)
+
+
+@pytest.fixture
+def one_process():
+    """A gloo group of one process: prepare_run is a collective."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+def test_a_run_saved_with_the_former_mode_resumes_and_a_changed_switch_is_refused(one_process, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    saved = json.loads(json.dumps(to_dict(_tiny())))
+    curriculum = {k: v for k, v in saved["curriculum"].items() if k not in ("task", "pacing")} | {"mode": "adaptive"}
+    former = saved | {"curriculum": curriculum, "run": {k: v for k, v in saved["run"].items() if k != "dual_masks"}}
+    (run / checkpoint.CONFIG_FILE).write_text(json.dumps({"config": former, "dataset": "d", "data": "/data"}))
+    assert prepare_run(str(run), _tiny(), "/data", "d", 0)["config"]["curriculum"]["task"] == "adaptive"
+    for overrides, key in (
+        ({"curriculum.pacing": False}, "curriculum.pacing"),
+        ({"run.dual_masks": False}, "run.dual_masks"),
+        ({"model.temporal_layer": "conv3d"}, "model.temporal_layer"),
+    ):
+        with pytest.raises(ConfigError, match=key):
+            prepare_run(str(run), _tiny(**overrides), "/data", "d", 0)

@@ -29,6 +29,7 @@ import argparse
 import datetime
 import json
 import os
+import re
 import statistics
 import sys
 import time
@@ -65,7 +66,8 @@ from provenance import code_version, machine  # noqa: E402
 
 
 def slug(row: str) -> str:
-    return "".join(c if c.isalnum() else "-" for c in row.lower()).strip("-")
+    """A row's name in run folders and --rows: "+ curriculum linear" -> "curriculum-linear"."""
+    return re.sub(r"[^a-z0-9]+", "-", row.lower()).strip("-")
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -293,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
         f"date: {started.strftime('%Y-%m-%d %H:%M UTC')}; code: {code_version()}",
         f"command: {' '.join([Path(sys.executable).name, *sys.argv])}",
         f"preset {args.preset}, {args.steps} steps, seeds {' '.join(map(str, args.seeds))}; clips: {counts['train']} "
-        f"train, {counts['heldout']} held out, {len(runs[0]['eval']['sample_ids'])} of them scored with "
+        f"train, {counts['heldout']} held out, {runs[0]['eval']['clips']} of them scored with "
         f"{args.eval_draws} noise draws, {args.eval_steps} DDIM steps, guidance {args.guidance:g}, seed {EVAL_SEED}, "
         f"I3D {args.i3d_weights} at {args.i3d_size} px; "
         f"wall time {time.perf_counter() - clock:.0f} s",

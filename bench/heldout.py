@@ -1,5 +1,5 @@
 """Datasets for the training benchmarks: preprocess a sticker manifest once, then split its rows into a training set
-and held-out sets by a rule that depends on nothing but the row (used by curriculum_ablation.py and learning.py)."""
+and held-out sets by a rule that depends on nothing but the row (used by ablation.py and learning.py)."""
 
 from __future__ import annotations
 

@@ -29,8 +29,13 @@ FLAG_KEYS = {
     "zero_stage": "engine.zero_stage",
     "precision": "engine.precision",
     "micro_batch": "optim.micro_batch",
-    "curriculum": "curriculum.mode",
+    "curriculum": "curriculum.task",
+    "pacing": "curriculum.pacing",
+    "temporal_layer": "model.temporal_layer",
+    "dual_masks": "run.dual_masks",
 }
+# Switches written on/off on the command line, booleans in the config.
+ON_OFF_FLAGS = ("pacing", "dual_masks")
 
 
 def parse_sets(pairs: list[str]) -> dict[str, Any]:
@@ -42,6 +47,12 @@ def parse_sets(pairs: list[str]) -> dict[str, Any]:
             raise ConfigError(f"--set {pair!r}: write it as KEY=VALUE, for example --set optim.lr=1e-4")
         overrides[key.strip()] = yaml.safe_load(value)
     return overrides
+
+
+def flag_value(args: argparse.Namespace, flag: str) -> Any:
+    """The config value of a flag: on/off switches as booleans, the rest as given."""
+    value = getattr(args, flag)
+    return value == "on" if flag in ON_OFF_FLAGS else value
 
 
 def add_train_parser(commands: Any) -> None:
@@ -64,7 +75,20 @@ def add_train_parser(commands: Any) -> None:
     parser.add_argument("--zero-stage", type=int, choices=(0, 1, 2, 3), help="DeepSpeed ZeRO stage")
     parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), help="auto: bf16 on GPU, fp32 on CPU")
     parser.add_argument("--micro-batch", type=int, help="clips per process per forward pass")
-    parser.add_argument("--curriculum", choices=("none", "linear", "adaptive"), help="curriculum.mode")
+    parser.add_argument(
+        "--curriculum",
+        choices=("none", "linear", "adaptive"),
+        help="the paper's task curriculum (curriculum.task): uniform, static schedule, static + PID",
+    )
+    parser.add_argument(
+        "--pacing", choices=("on", "off"), help="rdtf's sample-level pacing, easy rows first (curriculum.pacing)"
+    )
+    parser.add_argument(
+        "--temporal-layer", choices=("sti", "conv3d"), help="DFGN's STI or a 3D-conv layer (model.temporal_layer)"
+    )
+    parser.add_argument(
+        "--dual-masks", choices=("on", "off"), help="off: one task, no loss mask, the paper's baseline (run.dual_masks)"
+    )
     parser.add_argument(
         "--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="any config key, repeatable"
     )
@@ -95,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
     with importing_quietly():
         from rdtf.trainer.train import train
 
-    overrides = {key: getattr(args, flag) for flag, key in FLAG_KEYS.items() if getattr(args, flag) is not None}
+    overrides = {key: flag_value(args, flag) for flag, key in FLAG_KEYS.items() if getattr(args, flag) is not None}
     cfg = load(TrainConfig, args.config, overrides | parse_sets(args.sets))
     with ExitStack() as held:
         try:

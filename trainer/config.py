@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from rdtf.schemas.config import require
-from rdtf.trainer.curriculum import CurriculumConfig
+from rdtf.trainer.curriculum import LEGACY_MODES, CurriculumConfig
+from rdtf.trainer.dfgn import TEMPORAL_LAYERS
 from rdtf.trainer.masks import TASKS
 
 
@@ -129,6 +130,9 @@ class RunConfig:
     max_steps: int = 1000  # optimizer steps
     seed: int = 0
     loss_normalize: Literal["valid_frames", "all_frames"] = "valid_frames"  # docs/masks.md
+    # The paper's dual masks (docs/masks.md); off: its ablation baseline, one task (it2v, first frame given) and
+    # no loss mask (every frame, padding included, in the loss)
+    dual_masks: bool = True
     log_every: int = 10  # a readable line and TensorBoard scalars every N steps
     checkpoint_every: int = 500  # and at the end
     keep_checkpoints: int = 2  # older ones are deleted
@@ -182,6 +186,12 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         require(bool(self.model), "model", "give the model's settings (use a preset: configs/tiny.yaml, small, paper)")
+        layer = self.model.get("temporal_layer", "sti")
+        require(
+            layer in TEMPORAL_LAYERS,
+            "model.temporal_layer",
+            f"{layer!r} is not one of {', '.join(map(repr, TEMPORAL_LAYERS))}",
+        )
         require(
             self.optim.ema_decay is None or self.engine.zero_stage < 3,
             "optim.ema_decay",
@@ -192,3 +202,17 @@ class TrainConfig:
             "eval.every",
             "must be a multiple of run.checkpoint_every: it scores the checkpoint just saved",
         )
+
+
+def upgrade_saved(config: dict[str, Any]) -> dict[str, Any]:
+    """A saved config (RUN_DIR/config.json's "config") in today's keys: `curriculum.mode`, which set the task level
+    and the sample level at once before issue 12, becomes the `curriculum.task`, `pacing` (and `adaptive_strength`)
+    it meant, and `run.dual_masks` (not a key then) is on; so an older run folder still resumes (the resume compares
+    whole configs), samples and exports. Other configs come back unchanged."""
+    curriculum = config.get("curriculum")
+    if not isinstance(curriculum, dict) or "mode" not in curriculum:
+        return config
+    settings = {key: value for key, value in curriculum.items() if key != "mode"}
+    mode = curriculum["mode"]
+    require(mode in LEGACY_MODES, "curriculum.mode", f"must be one of {', '.join(LEGACY_MODES)}")
+    return config | {"curriculum": settings | LEGACY_MODES[mode], "run": {"dual_masks": True} | config.get("run", {})}

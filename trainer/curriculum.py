@@ -55,12 +55,24 @@ Z_CLIP = 3.0  # a normalised loss counts at most 3 standard deviations, so one o
 SCORE_BINS = 20  # static-difficulty bins whose mean z places rows not trained yet (about 3K rows each at 62.5K)
 
 
+TaskCurriculum = Literal["none", "linear", "adaptive"]
+TASK_CURRICULA: tuple[str, ...] = ("none", "linear", "adaptive")
+# What the former `curriculum.mode` (one key for both levels, before issue 12) set, so that a run folder saved with it
+# still resumes and compares (trainer/config.py `upgrade_saved`): old `linear` paced by static difficulty alone.
+LEGACY_MODES: dict[str, dict[str, Any]] = {
+    "none": {"task": "none", "pacing": False},
+    "linear": {"task": "linear", "pacing": True, "adaptive_strength": 0.0},
+    "adaptive": {"task": "adaptive", "pacing": True},
+}
+
+
 @dataclass
 class CurriculumConfig:
-    """The curriculum's settings; `mode` switches the paper's ablation (none 459.21 / linear 451.65 / adaptive 442.18
-    FVD)."""
+    """The curriculum's settings: `task` is the paper's task-level ablation (none 459.21 / linear 451.65 / adaptive
+    442.18 FVD), `pacing` rdtf's own sample level, a separate switch (docs/curriculum.md)."""
 
-    mode: Literal["none", "linear", "adaptive"] = "adaptive"  # none: uniform; linear: static only; adaptive: both
+    task: TaskCurriculum = "adaptive"  # the paper's: none uniform tasks; linear the static schedule; adaptive + PID
+    pacing: bool = True  # rdtf's sample-level pacing, easy rows first moved by their loss; off: every row weight 1
     length: int = 50_000  # T, optimizer steps over which the static task schedule runs (paper: 50K steps)
     kp: float = 5.0  # PID proportional gain on L_t (released code)
     ki: float = 3.0  # PID integral gain on the mean of the recent losses (released code)
@@ -79,7 +91,7 @@ class CurriculumConfig:
     pacing_passes: int = 4  # passes over each epoch: a row turned away waits for the next; the last takes all left
 
     def __post_init__(self) -> None:
-        require(self.mode in ("none", "linear", "adaptive"), "curriculum.mode", "must be none, linear or adaptive")
+        require(self.task in TASK_CURRICULA, "curriculum.task", f"must be one of {', '.join(TASK_CURRICULA)}")
         require(self.length > 0, "curriculum.length", "must be a positive number of steps")
         for key in ("kp", "ki", "kd"):
             require(getattr(self, key) >= 0, f"curriculum.{key}", "must be non-negative")
@@ -117,15 +129,20 @@ def _difficulty_bins(values: np.ndarray) -> np.ndarray:
 
 
 class TaskSampler:
-    """Task level: w_tau = s_tau(t) + a_tau(l), tau ~ Categorical(w / sum w).
+    """Task level: w_tau = s_tau(t) + a_tau(l), tau ~ Categorical(w / sum w) over the trained `tasks`.
 
     The draw is a function of (seed, step) and the PID state only, so every rank that fed the same (rank-averaged)
-    losses draws the same task without communicating.
+    losses draws the same task without communicating. `tasks` is every task of the dual masks, or the one task
+    trained with them off (trainer/masks.py `trained_tasks`).
     """
 
-    def __init__(self, config: CurriculumConfig, seed: int) -> None:
+    def __init__(self, config: CurriculumConfig, seed: int, tasks: tuple[str, ...] = TASKS) -> None:
+        unknown = [task for task in tasks if task not in TASKS]
+        if not tasks or unknown:
+            raise ValueError(f"tasks {list(tasks)} must be a non-empty subset of {', '.join(TASKS)}")
         self.config = config
         self.seed = seed
+        self.tasks = tuple(tasks)
         self._losses: deque[float] = deque(maxlen=config.window)
         self._pids: deque[float] = deque(maxlen=config.window)
         self._rank: float | None = None
@@ -137,7 +154,7 @@ class TaskSampler:
         half = self.config.length / 2
         ratio = min(step, 2 * half) / half  # 0..2
         weights = {}
-        for task in TASKS:
+        for task in self.tasks:
             v0, v1, v2 = STATIC_SCHEDULE[TASK_GROUP[task]]
             weights[task] = v0 + (v1 - v0) * ratio if ratio <= 1 else v1 + (v2 - v1) * (ratio - 1)
         return weights
@@ -145,15 +162,15 @@ class TaskSampler:
     def adaptive_weights(self) -> dict[str, float]:
         """a_tau(l); zero until MIN_HISTORY PID values exist (no rank, no evidence: the static schedule alone)."""
         if self._level is None:
-            return dict.fromkeys(TASKS, 0.0)
-        return {task: LEVEL_WEIGHTS[TASK_GROUP[task]][self._level] for task in TASKS}
+            return dict.fromkeys(self.tasks, 0.0)
+        return {task: LEVEL_WEIGHTS[TASK_GROUP[task]][self._level] for task in self.tasks}
 
     def weights(self, step: int) -> dict[str, float]:
-        """w / sum w over TASKS for `mode`: uniform, static only, or static + adaptive."""
-        if self.config.mode == "none":
-            return dict.fromkeys(TASKS, 1.0 / len(TASKS))
+        """w / sum w over the trained tasks for `config.task`: uniform, static only, or static + adaptive."""
+        if self.config.task == "none":
+            return dict.fromkeys(self.tasks, 1.0 / len(self.tasks))
         raw = self.static_weights(step)
-        if self.config.mode == "adaptive":
+        if self.config.task == "adaptive":
             adaptive = self.adaptive_weights()
             raw = {task: value + adaptive[task] for task, value in raw.items()}
         total = sum(raw.values())
@@ -162,7 +179,7 @@ class TaskSampler:
     def draw(self, step: int, weights: dict[str, float]) -> str:
         """tau ~ Categorical(weights), from a generator seeded by (seed, step) alone."""
         generator = np.random.default_rng([self.seed, step])
-        return str(generator.choice(TASKS, p=np.array([weights[task] for task in TASKS])))
+        return str(generator.choice(self.tasks, p=np.array([weights[task] for task in self.tasks])))
 
     def observe(self, task: str, loss: float) -> None:
         """The PID update, released code order, ranking fixed.
@@ -176,7 +193,7 @@ class TaskSampler:
         if not math.isfinite(loss):
             return  # a skipped (overflowed) step says nothing about difficulty; every rank skips it alike
         self._last_loss[task] = loss
-        if self.config.mode != "adaptive":
+        if self.config.task != "adaptive":
             return
         previous = self._losses[-1] if self._losses else loss
         self._losses.append(loss)
@@ -276,7 +293,7 @@ class SampleScorer:
     # Pacing and difficulty.
     def pacing_fraction(self, step: int) -> float:
         """p(t): the fraction of samples admitted, linear from `pacing_start` to 1 at `pacing_end * length`."""
-        if self.config.mode == "none":
+        if not self.config.pacing:
             return 1.0
         c = self.config
         return min(1.0, c.pacing_start + (1.0 - c.pacing_start) * step / (c.pacing_end * c.length))
@@ -302,9 +319,9 @@ class SampleScorer:
         return (own_sum + prior * self.bin_scores(step)[self._bins[rows]]) / (own_weight + prior)
 
     def difficulty(self, rows: np.ndarray, step: int) -> np.ndarray:
-        """d_i: the static difficulty, moved by the adaptive score in `adaptive` mode."""
+        """d_i: the static difficulty, moved by the adaptive score when pacing is on."""
         static = self._static[self._rows(rows)].astype(np.float64)
-        if self.config.mode != "adaptive":
+        if not self.config.pacing:
             return static
         shift = self.config.adaptive_strength * np.tanh(self.adaptive_scores(rows, step))
         return np.clip(static + shift, 0.0, 1.0)
@@ -328,13 +345,13 @@ class SampleScorer:
         1. Group each loss by (task, timestep range).  2. z = (loss - mean) / std of that group's running
         distribution, clipped to +-Z_CLIP, once the group holds MIN_HISTORY losses.  3. Add z to the row's decayed
         sums (S_i, W_i) and to its static-difficulty bin's.  4. Update the group's running mean and variance (exact
-        until `loss_stats_window` losses, then exponential). Outside `adaptive` mode only the log histogram moves.
+        until `loss_stats_window` losses, then exponential). With pacing off only the log histogram moves.
         """
         rows = self._rows(rows)
         difficulty = self.difficulty(rows, step)
         self._drawn_histogram *= (1.0 - 1.0 / self.config.window) ** len(rows)
         self._drawn_histogram += np.bincount(_difficulty_bins(difficulty), minlength=DIFFICULTY_BINS)
-        if self.config.mode != "adaptive":
+        if not self.config.pacing:
             return
         if task not in TASKS:
             raise ValueError(f"unknown task {task!r}; tasks are {', '.join(TASKS)}")
@@ -480,11 +497,11 @@ class Curriculum:
     calls `sample_weights` (main thread) for the rows it is about to admit or defer (trainer/pacing.py).
     """
 
-    def __init__(self, config: CurriculumConfig, seed: int) -> None:
+    def __init__(self, config: CurriculumConfig, seed: int, tasks: tuple[str, ...] = TASKS) -> None:
         if seed < 0:
             raise ValueError(f"seed must be non-negative, got {seed}")
         self.config = config
-        self.tasks = TaskSampler(config, seed)
+        self.tasks = TaskSampler(config, seed, tasks)
         self.samples = SampleScorer(config)
         self._step = 0  # the latest step seen: the reference step for sample losses, which come without one
         self._sync_calls = 0
@@ -496,7 +513,7 @@ class Curriculum:
 
     # Task level.
     def task_weights(self, step: int) -> dict[str, float]:
-        """Normalised weights over TASKS for `step`, from the current state."""
+        """Normalised weights over the trained tasks for `step`, from the current state."""
         return self.tasks.weights(step)
 
     def task_for_step(self, step: int) -> str:
@@ -527,10 +544,10 @@ class Curriculum:
 
         A collective (`all_gather_object`) of a fixed, small size: every rank must call it equally often. It also
         checks that the ranks hold the same task state, which fails when the trainer feeds a rank's own loss
-        instead of the rank average. No-op on one process and outside `adaptive` mode.
+        instead of the rank average. No-op on one process, and with neither PID nor pacing (nothing learned).
         """
         self._sync_calls += 1
-        if self.config.mode != "adaptive" or not _distributed():
+        if (self.config.task != "adaptive" and not self.config.pacing) or not _distributed():
             return
         if not force and self._sync_calls % self.config.sync_every:
             return
@@ -560,7 +577,8 @@ class Curriculum:
         """Plain Python and numpy, picklable (`torch.load(..., weights_only=False)` reads it back)."""
         return {
             "version": 2,
-            "mode": self.config.mode,
+            "task": self.config.task,
+            "pacing": self.config.pacing,
             "step": self._step,
             "sync_calls": self._sync_calls,
             "tasks": self.tasks.state_dict(),

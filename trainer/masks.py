@@ -1,6 +1,9 @@
 """The dual masks of RDTF: which frames are given as clean condition (condition mask, per task) and which frames
 count in the loss (loss mask, over padded frames). Pure functions on tensors; see ../docs/masks.md.
 
+With the dual masks off (`run.dual_masks: false`, the paper's ablation baseline) one task is trained with one fixed
+condition, and every frame, padding included, counts in the loss: `single_task_masks`.
+
 Symbols (paper notes): n = number of valid frames of a clip (k keyframes, 3..8), F = 8 frames after padding,
 m_frame = [1]*n + [0]*(F-n), m_cond in {0,1}^F, condition latent c = z * m_cond * m_frame.
 """
@@ -17,6 +20,10 @@ TASKS = ("t2v", "i2v", "it2v", "interpolate", "predict-pre", "predict-post")
 TEXT_ON = {"t2v": True, "i2v": False, "it2v": True, "interpolate": True, "predict-pre": True, "predict-post": True}
 # Interpolation patterns from the paper: every other frame given (two phases), or every third frame.
 INTERPOLATION_PATTERNS = ((0, 1, 0, 1, 0, 1, 0, 1), (1, 0, 1, 0, 1, 0, 1, 0), (1, 0, 0, 1, 0, 0, 1, 0))
+
+# Dual masks off: the one task trained, text&image to GIF (the task of the paper's ablation table), its one
+# condition the first frame (the usual image-to-video setup: no variety of condition masks).
+SINGLE_TASK = "it2v"
 
 Task = Literal["t2v", "i2v", "it2v", "interpolate", "predict-pre", "predict-post"]
 
@@ -63,6 +70,22 @@ def condition_mask(
         end = _uniform(num_valid // 2, num_valid - 1, generator)
         mask = (positions < end[:, None]).float()
     return mask * valid
+
+
+def trained_tasks(dual_masks: bool) -> tuple[str, ...]:
+    """The tasks a run draws from: every task with the dual masks, SINGLE_TASK without."""
+    return TASKS if dual_masks else (SINGLE_TASK,)
+
+
+def single_task_masks(num_valid: torch.Tensor, num_frames: int = NUM_FRAMES) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dual masks off: (condition mask, loss mask), each (b, f) float: the first frame given, every frame in the loss.
+
+    The loss mask is all ones, so padded frames (zero latents) count as frames to denoise, as in a trainer that
+    has no loss mask.
+    """
+    positions = torch.arange(num_frames, device=num_valid.device)
+    condition = (positions[None, :] == 0).float().expand(num_valid.shape[0], -1)
+    return condition, torch.ones_like(condition)
 
 
 def masked_mse(

@@ -17,7 +17,7 @@ import torch
 
 from rdtf.schemas.config import from_dict
 from rdtf.trainer import checkpoint
-from rdtf.trainer.config import TrainConfig
+from rdtf.trainer.config import TrainConfig, upgrade_saved
 from rdtf.trainer.dfgn import DFGN
 from rdtf.trainer.diffusion import generate, sample_scheduler
 from rdtf.trainer.latents import load_codec
@@ -58,7 +58,7 @@ def load_run_config(run_dir: str) -> TrainConfig:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{run_dir} is not an rdtf run folder: {checkpoint.CONFIG_FILE} is missing")
     with open(path) as f:
-        return from_dict(TrainConfig, json.load(f)["config"])
+        return from_dict(TrainConfig, upgrade_saved(json.load(f)["config"]))  # runs saved before issue 12 too
 
 
 def given_frames(request: SampleRequest, size: int) -> np.ndarray:

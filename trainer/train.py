@@ -35,7 +35,7 @@ from tqdm import tqdm
 from rdtf.schemas.config import ConfigError, to_dict
 from rdtf.schemas.reader import open_dataset
 from rdtf.trainer import checkpoint
-from rdtf.trainer.config import TrainConfig
+from rdtf.trainer.config import TrainConfig, upgrade_saved
 from rdtf.trainer.curriculum import Curriculum
 from rdtf.trainer.data import Batch, ClipLoader, ParquetRows
 from rdtf.trainer.dfgn import DFGN
@@ -43,7 +43,7 @@ from rdtf.trainer.diffusion import generate, sample_scheduler, train_scheduler, 
 from rdtf.trainer.evaluate import check_training_eval, training_scalars
 from rdtf.trainer.export import export_pipeline
 from rdtf.trainer.latents import load_codec
-from rdtf.trainer.masks import TEXT_ON, condition_mask, frame_mask, masked_mse
+from rdtf.trainer.masks import TEXT_ON, condition_mask, frame_mask, masked_mse, single_task_masks, trained_tasks
 from rdtf.trainer.media import clip_to_frames, write_gif
 from rdtf.trainer.run_store import RunStore
 from rdtf.trainer.text import TextEncoder
@@ -254,7 +254,7 @@ def prepare_run(run: RunStore | str, cfg: TrainConfig, data: str, dataset: str, 
     if saved_exists:
         with open(path) as f:
             saved_run = json.load(f)
-        saved = _flatten({"config": saved_run["config"], "dataset": saved_run.get("dataset")})
+        saved = _flatten({"config": upgrade_saved(saved_run["config"]), "dataset": saved_run.get("dataset")})
         now = _flatten(json.loads(json.dumps({"config": resolved["config"], "dataset": dataset})))  # tuples as lists
         changed = [
             key
@@ -307,8 +307,12 @@ def training_loss(
     # 1. z, with padded frames zeroed
     m_frame = frame_mask(batch.num_valid).to(device)
     z = codec.encode(batch.frames.to(device, dtype), generator).float() * m_frame[:, None, :, None, None]
-    # 2. c: the given frames of the task; image dropout removes them for some clips (makes image guidance possible)
-    m_cond = condition_mask(task, batch.num_valid, generator).to(device)
+    # 2. c: the given frames of the task; image dropout removes them for some clips (makes image guidance possible).
+    # With the dual masks off: one fixed condition and a loss mask of ones (the paper's ablation baseline)
+    if cfg.run.dual_masks:
+        m_cond, m_loss = condition_mask(task, batch.num_valid, generator).to(device), m_frame
+    else:
+        m_cond, m_loss = (mask.to(device) for mask in single_task_masks(batch.num_valid))
     keep_image = (torch.rand(b, generator=generator) >= cfg.diffusion.image_dropout).float().to(device)
     c = z * (m_cond * keep_image[:, None])[:, None, :, None, None]
     # 3. text: masked tokens through the frozen tower; the task's input gate and text dropout zero it
@@ -322,13 +326,13 @@ def training_loss(
     # 5. predict the noise (or v)
     y = training_target(noise_scheduler, z, eps, t)
     y_hat = model(noisy.to(dtype), t, text.to(dtype), c.to(dtype)).float()
-    # 6. the loss mask: padded frames never count
-    loss = masked_mse(y_hat, y, m_frame, cfg.run.loss_normalize)
+    # 6. the loss mask: padded frames never count (with the dual masks, the default)
+    loss = masked_mse(y_hat, y, m_loss, cfg.run.loss_normalize)
     with torch.no_grad():
         # the same loss on the frames the task had to produce and on the frames it was given (whose noise the
         # condition makes computable): the first says how well the task is learned, the second hides it in `loss`
-        given = m_frame * m_cond * keep_image[:, None]
-        generated = m_frame - given
+        given = m_loss * m_cond * keep_image[:, None]
+        generated = m_loss - given
         # per clip, for the curriculum: the generated frames only, so a clip's score measures the clip, not the
         # mask draw (NaN for a clip with nothing to generate, which the curriculum skips)
         pairs = zip(y_hat.split(1), y.split(1), generated.split(1), strict=True)
@@ -430,7 +434,7 @@ def train(
 
     torch.manual_seed(seed + rank)  # from here on (dropout, if any) each rank draws its own
     noise_scheduler = train_scheduler(cfg.diffusion)
-    curriculum = Curriculum(cfg.curriculum, seed)
+    curriculum = Curriculum(cfg.curriculum, seed, trained_tasks(cfg.run.dual_masks))
     curriculum.bind(rows.static_difficulty())  # this rank's share only: its rows' scores live in arrays of its size
 
     # -- 4. the run folder and its config: written once the data and the model were accepted ---------------------

@@ -21,15 +21,15 @@ T = 1000
 GENERATION, INTERPOLATION, PREDICTION = ("t2v", "i2v", "it2v"), ("interpolate",), ("predict-pre", "predict-post")
 
 
-def _curriculum(mode: str = "adaptive", seed: int = 0, **settings) -> Curriculum:
-    return Curriculum(CurriculumConfig(mode=mode, length=T, **settings), seed=seed)
+def _curriculum(task: str = "adaptive", seed: int = 0, **settings) -> Curriculum:
+    return Curriculum(CurriculumConfig(task=task, length=T, **settings), seed=seed)
 
 
 # Config.
 @pytest.mark.parametrize(
     ("key", "value"),
     [
-        ("mode", "cosine"),
+        ("task", "cosine"),
         ("length", 0),
         ("window", 5),
         ("pacing_start", 0.0),
@@ -44,8 +44,13 @@ def test_config_errors_name_the_key(key: str, value: object) -> None:
 
 
 def test_config_from_a_mapping() -> None:
-    config = from_dict(CurriculumConfig, {"mode": "linear", "kd": 2})
-    assert (config.mode, config.kd, config.kp, config.ki, config.window) == ("linear", 2.0, 5.0, 3.0, 1000)
+    config = from_dict(CurriculumConfig, {"task": "linear", "pacing": False, "kd": 2})
+    assert (config.task, config.pacing, config.kd, config.kp, config.window) == ("linear", False, 2.0, 5.0, 1000)
+
+
+def test_the_former_mode_key_is_refused_by_name() -> None:
+    with pytest.raises(ConfigError, match="curriculum.mode"):
+        from_dict(CurriculumConfig, {"mode": "linear"}, prefix="curriculum.")
 
 
 # Task level: the static schedule.
@@ -73,8 +78,8 @@ def test_static_schedule_matches_the_paper(step: int, generation: float, interpo
     assert curriculum.task_weights(step) == pytest.approx({task: w / total for task, w in expected.items()})
 
 
-def test_none_mode_is_uniform() -> None:
-    curriculum = _curriculum("none")
+def test_no_task_curriculum_and_no_pacing_are_uniform() -> None:
+    curriculum = _curriculum("none", pacing=False)
     for loss in np.linspace(1, 2, 50):
         curriculum.observe_task_loss("t2v", float(loss))
     assert curriculum.task_weights(0) == pytest.approx(dict.fromkeys(TASKS, 1 / 6))
@@ -176,8 +181,8 @@ def test_scalars_show_the_drawn_task_and_weights() -> None:
 
 
 # Sample level.
-def _bound(mode: str = "adaptive", static: np.ndarray | None = None, **settings) -> Curriculum:
-    curriculum = _curriculum(mode, **settings)
+def _bound(task: str = "adaptive", static: np.ndarray | None = None, **settings) -> Curriculum:
+    curriculum = _curriculum(task, **settings)
     curriculum.bind(np.random.default_rng(1).uniform(0, 1, 5000) if static is None else static)
     return curriculum
 
@@ -190,10 +195,10 @@ def _walk(curriculum: Curriculum, steps: range, rows_per_step: int = 1, passes: 
     return np.array(taken)
 
 
-@pytest.mark.parametrize("mode", ["linear", "adaptive"])
-def test_easier_samples_early_and_all_samples_late(mode: str) -> None:
+@pytest.mark.parametrize("task", ["none", "linear", "adaptive"])
+def test_easier_samples_early_and_all_samples_late(task: str) -> None:
     static = np.random.default_rng(1).uniform(0, 1, 5000)
-    curriculum = _bound(mode, static)
+    curriculum = _bound(task, static)
     assert curriculum.scalars(0)["curriculum/pacing_threshold"] == pytest.approx(0.3, abs=0.02)
     early = static[_walk(curriculum, range(100))]
     assert early.mean() < 0.3 and (early > 0.6).mean() < 0.05
@@ -272,8 +277,8 @@ def test_scores_fade_with_age() -> None:
     assert shifts[0] > shifts[1] > 0.0 and shifts[2] == pytest.approx(0.0, abs=1e-3)
 
 
-def test_linear_mode_ignores_sample_losses() -> None:
-    curriculum = _bound("linear", static=np.full(500, 0.4))
+def test_pacing_off_ignores_sample_losses() -> None:
+    curriculum = _bound("linear", static=np.full(500, 0.4), pacing=False)
     _observe_peers(curriculum, "t2v", 500, mean=1.0, rows=np.arange(200))
     curriculum.observe_sample_losses([400], np.array([5.0]), "t2v", np.array([500]))
     assert curriculum.samples.difficulty(np.array([400]), step=0)[0] == pytest.approx(0.4)
@@ -308,14 +313,14 @@ def _train(curriculum: Curriculum, steps: range, n: int) -> list:
     return record
 
 
-@pytest.mark.parametrize("mode", ["none", "linear", "adaptive"])
-def test_state_round_trip_gives_identical_future_draws(mode: str) -> None:
+@pytest.mark.parametrize(("task", "pacing"), [("none", False), ("linear", True), ("adaptive", True)])
+def test_state_round_trip_gives_identical_future_draws(task: str, pacing: bool) -> None:
     static = np.random.default_rng(4).uniform(0, 1, 97)
-    original = _curriculum(mode, seed=3)
+    original = _curriculum(task, seed=3, pacing=pacing)
     original.bind(static)
     _train(original, range(0, 150), len(static))
     state = pickle.loads(pickle.dumps(original.state_dict()))
-    restored = _curriculum(mode, seed=3)
+    restored = _curriculum(task, seed=3, pacing=pacing)
     restored.bind(static)
     restored.load_state_dict(state)
     assert _train(restored, range(150, 300), len(static)) == _train(original, range(150, 300), len(static))

@@ -22,6 +22,7 @@ from pathlib import Path
 
 RAY = Path(sys.executable).parent / "ray"
 READY_TIMEOUT_S = 120.0  # a node takes about 6 s here; generous for a loaded machine
+STOP_TIMEOUT_S = 20.0  # a graceful stop; what is left after it is killed with its session
 
 
 def free_port() -> int:
@@ -139,16 +140,19 @@ class LocalCluster:
         return "\n".join(parts)
 
     def stop(self) -> None:
-        """The worker node first, then the head: SIGTERM to each `ray start --block` (it ends its node), then
-        SIGKILL to anything left in that node's own session."""
-        for process in reversed(self.processes):
-            if process.poll() is None:
-                process.terminate()
-                try:
-                    process.wait(timeout=60)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+        """Both nodes at once: SIGTERM to each `ray start --block` (it ends its node's processes), a wait of at
+        most STOP_TIMEOUT_S for all of them together, then SIGKILL to anything left in each node's own session."""
+        running = [process for process in self.processes if process.poll() is None]
+        for process in running:
+            process.terminate()
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        for process in running:
+            try:
+                process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        for process in self.processes:
             try:
                 os.killpg(process.pid, signal.SIGKILL)  # the group is the session started for this node
             except ProcessLookupError:

@@ -217,6 +217,40 @@ def test_the_workspace_honours_its_memory_limit_and_spills_past_it(tmp_path: Pat
     assert not os.path.exists(folder)  # closed: database and spill files gone
 
 
+def _accounting(ws: Workspace, inputs: list[str], entries: list[tuple[str, str]], pending: list[str]) -> None:
+    ws.load("inputs", pa.table({"source_uri": inputs}))
+    rows = pa.table({"source_uri": [u for u, _ in entries], "sample_id": [i for _, i in entries]})
+    ws.load("ledger", rows, columns="*, NULL::VARCHAR AS source_version, NULL::VARCHAR AS reason")
+    ws.load("pending", pa.table({"source_uri": pa.array(pending, pa.string())}))
+    ledger_module.check_accounting(ws, "SELECT source_uri FROM pending")
+
+
+def test_the_accounting_check_names_inputs_missing_or_twice_and_shared_sample_ids() -> None:
+    with Workspace() as ws:
+        # every input once or still to do; an entry of an earlier run's input (not named now) is not counted
+        _accounting(ws, ["/a", "/b", "/c"], [("/a", "1"), ("/b", "2"), ("/old", "3")], pending=["/c"])
+        with pytest.raises(RuntimeError, match=r"1 inputs missing \(e.g. \['/c'\]\), 0 present more than once"):
+            _accounting(ws, ["/a", "/b", "/c"], [("/a", "1"), ("/b", "2")], pending=[])
+        with pytest.raises(RuntimeError, match=r"0 inputs missing .* 1 present more than once \(e.g. \['/b'\]\)"):
+            _accounting(ws, ["/a", "/b"], [("/a", "1"), ("/b", "2"), ("/b", "3")], pending=["/b"])
+        with pytest.raises(RuntimeError, match=r"0 present more than once .* 1 sample ids on more than one row"):
+            _accounting(ws, ["/a", "/b"], [("/a", "1"), ("/b", "1")], pending=[])
+
+
+def test_the_accounting_check_fits_the_smallest_memory_limit_at_millions_of_inputs(tmp_path: Path) -> None:
+    """The check once joined the ledger with the inputs, which ran out of memory past the limit (here: 2 M inputs,
+    half of them in a 2 M-row dataset, under 64 MiB; 3 M under 128 MiB in bench/scale.py); one group-by spills."""
+    cfg = BookkeepingConfig(memory_mb=64, threads=1, temp_dir=str(tmp_path))
+    n, uri = 2_000_000, "'/in/' || md5(range::VARCHAR) || '.gif' AS source_uri"
+    with Workspace(cfg) as ws:
+        ws.create("inputs", f"SELECT {uri} FROM range({n // 2}, {n + n // 2})")  # the second half is new
+        ws.create("ledger", f"SELECT {uri}, md5(range::VARCHAR) AS sample_id, NULL AS source_version, NULL AS reason "
+                            f"FROM range({n})")  # fmt: skip
+        ledger_module.check_accounting(ws, f"SELECT {uri} FROM range({n}, {n + n // 2})")  # the new: still to do
+        with pytest.raises(RuntimeError, match="1000000 inputs missing"):
+            ledger_module.check_accounting(ws, "SELECT source_uri FROM inputs WHERE false")
+
+
 def test_a_workspace_left_by_a_killed_run_is_deleted_by_the_next_one(tmp_path: Path) -> None:
     finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     dead = tmp_path / f"{PREFIX}{int(finished.stdout)}-abc"  # a run whose process is gone
@@ -279,8 +313,13 @@ def _ledger_dataset(root: Path) -> DatasetLayout:
     return DatasetLayout.at(str(root))
 
 
-def test_the_ledger_reads_alike_through_duckdb_and_pyarrow(tmp_path: Path) -> None:
-    """A local dataset's ledger is read by DuckDB (`load`), a remote one by pyarrow (`scan`): same entries."""
+@pytest.mark.parametrize("files_per_scan", [1, ledger_module.FILES_PER_SCAN])
+def test_the_ledger_reads_alike_through_duckdb_and_pyarrow(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, files_per_scan: int
+) -> None:
+    """A local dataset's ledger is read by DuckDB (`load`), a remote one by pyarrow (`scan`): same entries, whether
+    the files are read all at once or a few at a time."""
+    monkeypatch.setattr(ledger_module, "FILES_PER_SCAN", files_per_scan)
     layout = _ledger_dataset(tmp_path / "out")
     with Workspace() as ws:
         ledger_module.load(ws, layout)

@@ -135,7 +135,7 @@ class BookkeepingConfig:
     # DuckDB's memory_limit, MiB: joins, group-bys and sorts past it spill to temp_dir. The driver's peak is about
     # this plus Python, pyarrow and Ray's client (docs/benchmarks.md, "Bookkeeping at scale").
     memory_mb: int = 512
-    threads: int | None = None  # DuckDB's worker threads; None: one per core of this machine
+    threads: int | None = None  # DuckDB's worker threads; None: one per core, at most one per 128 MiB of memory_mb
     temp_dir: str | None = None  # local folder for the database and its spill files; None: the system's temp folder
 
     def __post_init__(self) -> None:

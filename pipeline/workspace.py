@@ -24,6 +24,9 @@ import pyarrow as pa
 from rdtf.pipeline.config import BookkeepingConfig
 
 PREFIX = "rdtf-bookkeeping-"  # then the pid of the run's process
+# DuckDB's default of a thread per core runs out of memory under a small limit (3 M inputs: 32 MiB per thread failed
+# now and then, 64 MiB held; bench/scale.py): without bookkeeping.threads, a thread per this many MiB of the limit.
+MB_PER_THREAD = 128
 BATCH_ROWS = 65_536  # rows per record batch in and out of DuckDB: a few MiB of URIs and hashes at a time
 
 
@@ -59,8 +62,7 @@ class Workspace:
             "temp_directory": f"{self.folder}/spill",
             "preserve_insertion_order": False,  # order only where a query says ORDER BY: less to hold while sorting
         }
-        if cfg.threads is not None:
-            settings["threads"] = cfg.threads
+        settings["threads"] = cfg.threads or max(1, min(os.cpu_count() or 1, cfg.memory_mb // MB_PER_THREAD))
         self.db = duckdb.connect(":memory:", config=settings)
 
     def __enter__(self) -> Workspace:

@@ -207,6 +207,10 @@ def test_the_workspace_honours_its_memory_limit_and_spills_past_it(tmp_path: Pat
     cfg = BookkeepingConfig(memory_mb=64, threads=1, temp_dir=str(tmp_path))
     with Workspace(cfg) as ws:
         assert ws.sql("SELECT current_setting('memory_limit')").fetchall() == [("64.0 MiB",)]
+        assert ws.sql("SELECT current_setting('threads')").fetchall() == [(1,)]
+    with Workspace(BookkeepingConfig(memory_mb=64, temp_dir=str(tmp_path))) as ws:  # no more than a thread per 128 MiB
+        assert ws.sql("SELECT current_setting('threads')").fetchall() == [(1,)]
+    with Workspace(cfg) as ws:
         assert ws.folder.startswith(str(tmp_path))
         # A group-by whose hash table is several times the limit: it completes by spilling to the folder.
         rows = 2_000_000

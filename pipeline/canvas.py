@@ -32,6 +32,8 @@ def to_canvas(frame: Image.Image, size: int, resample: str) -> np.ndarray:
         flat = flat.resize((new_w, new_h), method, reducing_gap=gap)
     elif (new_w, new_h) != (width, height):
         flat = flat.resize((new_w, new_h), Image.Resampling.BICUBIC)  # upscaling: Lanczos costs 2x for no gain
+    if (new_w, new_h) == (size, size):  # a square frame fills the canvas: no padding to paste it into
+        return np.asarray(flat)
     canvas = Image.new("RGB", (size, size), WHITE)
     canvas.paste(flat, ((size - new_w) // 2, (size - new_h) // 2))
     return np.asarray(canvas)

@@ -481,7 +481,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.stickers / "manifest.csv").is_file():
         print(f"the sticker corpus is not at {args.stickers} (see --stickers)", file=sys.stderr)
         return 2
-    from rdtf.pipeline.config import RayConfig
+    from rdtf.pipeline.config import DecodeConfig, RayConfig
 
     rows_per_shard = args.rows_per_shard or RayConfig().rows_per_shard
     ray_tmpdir = tempfile.mkdtemp(prefix="rdtf-bench-ray-", dir="/tmp")  # short: unix socket paths < 107 chars
@@ -499,6 +499,7 @@ def main(argv: list[str] | None = None) -> int:
         ("load average (1 min) at the start", f"{os.getloadavg()[0]:.2f}"),
         ("P (Ray CPUs = bare-decoding processes)", str(args.processes)),
         ("rows_per_shard (inputs per task)", str(rows_per_shard)),
+        ("decode.resample (the filter that shrinks frames larger than the canvas)", DecodeConfig().resample),
     ]
     try:
         stickers = sticker_files(args.stickers)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, get_args
 
 from rdtf.schemas.config import require
 
 # Extensions that folder and glob discovery pick up; manifests may name any file.
 STICKER_EXTENSIONS = ("gif", "webp", "png", "apng", "jpg", "jpeg", "mp4", "webm")
+# decode.resample: the filters of pipeline.canvas.DOWNSCALE (named here so that the config does not import Pillow).
+Resample = Literal["lanczos", "reduce_lanczos"]
 
 
 @dataclass
@@ -44,6 +46,9 @@ class DecodeConfig:
     fps: float = 8.0  # frames per second sampled by display time ("decoded at a low frame rate")
     max_frames: int = 16  # at most this many frames per sample; longer clips are sampled evenly over their length
     frame_size: int = 256  # frames are resized (aspect kept) and padded with white to this square, pixels
+    # How frames larger than frame_size are shrunk (pipeline/canvas.py, docs/preprocess.md "The canvas"):
+    # reduce_lanczos (box-reduce by the whole factor, then Lanczos) or lanczos (datasets made before this setting).
+    resample: Resample = "reduce_lanczos"
     max_file_bytes: int = 64 * 2**20  # larger files are rejected unread (file_too_large)
     # Pixels a decoder allocates above this is a decompression bomb: per frame, the canvas it is composited into
     # plus the frame's own rectangle (a 512x512 GIF of 512 full frames is exactly 2**28); width x height x frames
@@ -61,6 +66,11 @@ class DecodeConfig:
         require(0 < self.fps <= 60, "decode.fps", f"must be in (0, 60], got {self.fps}")
         require(1 <= self.max_frames <= 256, "decode.max_frames", f"must be in [1, 256], got {self.max_frames}")
         require(16 <= self.frame_size <= 2048, "decode.frame_size", f"must be in [16, 2048], got {self.frame_size}")
+        require(
+            self.resample in get_args(Resample),
+            "decode.resample",
+            f"must be one of {', '.join(get_args(Resample))}, got {self.resample!r}",
+        )
         require(self.max_file_bytes > 0, "decode.max_file_bytes", "must be positive")
         require(self.max_total_pixels > 0, "decode.max_total_pixels", "must be positive")
         require(

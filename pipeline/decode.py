@@ -91,6 +91,7 @@ class DecodeStage(Stage):
             cfg.fps,
             cfg.max_frames,
             cfg.frame_size,
+            cfg.resample,
             timeout_s=cfg.timeout_s,
             imports=LIBRARIES.get(row["format"], ()),
             fault=cfg.fault_for(row["source_uri"]),

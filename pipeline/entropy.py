@@ -12,9 +12,9 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-from skimage.exposure import histogram
 
 from rdtf.pipeline.config import DifficultyConfig
+from rdtf.pipeline.repeats import distinct_frames
 from rdtf.pipeline.stage import Stage
 
 MAX_BITS = 8.0  # entropy of a uniform 256-level histogram
@@ -28,8 +28,8 @@ def grey_frames(frames: np.ndarray) -> np.ndarray:
 
 def histogram_entropy(image: np.ndarray) -> float:
     """Shannon entropy (bits) of a uint8 image's 256-level histogram; equals skimage.measure.shannon_entropy,
-    about 20x faster (a bincount instead of a sort)."""
-    counts, _ = histogram(image, nbins=256, source_range="dtype")
+    about 20x faster (a bincount instead of a sort; a third faster again than skimage's histogram)."""
+    counts = np.bincount(image.ravel(), minlength=256)
     p = counts[counts > 0] / image.size
     return float(-(p * np.log2(p)).sum())
 
@@ -43,6 +43,25 @@ def temporal_entropy(grey: np.ndarray) -> float:
         return 0.0
     changes = np.abs(np.diff(grey.astype(np.int16), axis=0)).astype(np.uint8)
     return float(np.mean([histogram_entropy(change) for change in changes]))
+
+
+def entropies(frames: np.ndarray) -> tuple[float, float]:
+    """(H_s, H_t) of (f, h, w, 3) uint8 RGB frames: spatial_entropy and temporal_entropy of their grey levels, with
+    each distinct frame's histogram, and each distinct consecutive pair's, computed once (pipeline.repeats): the
+    same numbers, in the same order, as the per-frame computation."""
+    firsts, inverse = distinct_frames(frames)
+    grey = grey_frames(frames[firsts])
+    spatial = [histogram_entropy(image) for image in grey]
+    h_s = float(np.mean([spatial[j] for j in inverse]))
+    if len(frames) < 2:
+        return h_s, 0.0
+    pairs = list(zip(inverse[:-1].tolist(), inverse[1:].tolist(), strict=True))  # (frame t-1, frame t)
+    distinct_pairs = list(dict.fromkeys(pairs))
+    before, after = (np.array(side) for side in zip(*distinct_pairs, strict=True))
+    wide = grey.astype(np.int16)
+    changes = np.abs(wide[after] - wide[before]).astype(np.uint8)
+    temporal = dict(zip(distinct_pairs, (histogram_entropy(change) for change in changes), strict=True))
+    return h_s, float(np.mean([temporal[pair] for pair in pairs]))
 
 
 def static_difficulty(h_spatial: float, h_temporal: float, cfg: DifficultyConfig) -> float:
@@ -61,8 +80,7 @@ class EntropyStage(Stage):
         self.cfg = cfg
 
     def process_row(self, row: dict[str, Any]) -> dict[str, Any]:
-        grey = grey_frames(row["frames"])
-        h_s, h_t = spatial_entropy(grey), temporal_entropy(grey)
+        h_s, h_t = entropies(row["frames"])
         return {
             "spatial_entropy": h_s,
             "temporal_entropy": h_t,

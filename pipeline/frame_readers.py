@@ -58,9 +58,17 @@ FRAME_READERS = {
 
 
 def sampled_frames(
-    data: bytes, fmt: str, durations_ms: list[int], fps: float, max_frames: int, frame_size: int
+    data: bytes,
+    fmt: str,
+    durations_ms: list[int],
+    fps: float,
+    max_frames: int,
+    frame_size: int,
+    resample: str = "lanczos",
 ) -> tuple[np.ndarray, list[int]]:
-    """The frames on screen at the sampled times, (f, frame_size, frame_size, 3) uint8, and those times; or Reject."""
+    """The frames on screen at the sampled times, (f, frame_size, frame_size, 3) uint8, and those times; or Reject.
+
+    `resample` is decode.resample; its default is the filter of datasets made before that setting existed."""
     indices, timestamps = schedule(durations_ms, fps, max_frames)
     wanted = set(indices.tolist())
     try:
@@ -74,5 +82,5 @@ def sampled_frames(
     missing = sorted(wanted - set(decoded))
     if missing:
         raise Reject("corrupt", f"the decoder stopped before frame {missing[0]} of {len(durations_ms)}")
-    canvas = {i: to_canvas(frame, frame_size) for i, frame in decoded.items()}
+    canvas = {i: to_canvas(frame, frame_size, resample) for i, frame in decoded.items()}
     return np.stack([canvas[i] for i in indices.tolist()]), timestamps.tolist()

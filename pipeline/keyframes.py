@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 from scipy.cluster.vq import kmeans2
 
+from rdtf.pipeline.repeats import distinct_frames
 from rdtf.pipeline.stage import Stage
 from rdtf.schemas.dataset import KEYFRAME_COUNTS
 
@@ -22,9 +23,12 @@ THUMBNAIL = 8  # 8x8x3 = 192 numbers per frame: enough to tell poses apart, chea
 
 
 def thumbnails(frames: np.ndarray) -> np.ndarray:
-    """(f, h, w, 3) uint8 -> (f, 192) float features in [0, 1]."""
-    small = [np.asarray(Image.fromarray(f).resize((THUMBNAIL, THUMBNAIL), Image.Resampling.BOX)) for f in frames]
-    return np.stack(small).reshape(len(frames), -1).astype(np.float64) / 255.0
+    """(f, h, w, 3) uint8 -> (f, 192) float features in [0, 1]; one thumbnail per distinct frame (pipeline.repeats),
+    copied to its repeats."""
+    firsts, inverse = distinct_frames(frames)
+    box = Image.Resampling.BOX
+    small = [np.asarray(Image.fromarray(frames[i]).resize((THUMBNAIL, THUMBNAIL), box)) for i in firsts]
+    return np.stack(small).reshape(len(firsts), -1)[inverse].astype(np.float64) / 255.0
 
 
 def ping_pong(count: int, k: int) -> list[int]:
@@ -35,11 +39,13 @@ def ping_pong(count: int, k: int) -> list[int]:
     return [cycle[i % len(cycle)] for i in range(k)]
 
 
-def select_keyframes(features: np.ndarray, k: int, seed: int) -> list[int]:
-    """k frame indices in temporal order: the first frame of each of k clusters (k-means, seeded)."""
+def select_keyframes(features: np.ndarray, k: int, seed: int, distinct: np.ndarray | None = None) -> list[int]:
+    """k frame indices in temporal order: the first frame of each of k clusters (k-means, seeded). `distinct`:
+    np.unique(features, axis=0) when the caller has it (computed once for every k: it was a third of this stage)."""
     count = len(features)
-    if len(np.unique(features, axis=0)) < k:
-        return ping_pong(count, k) if count < k else sorted(_first_of_each(features, np.unique(features, axis=0), k))
+    distinct = np.unique(features, axis=0) if distinct is None else distinct
+    if len(distinct) < k:
+        return ping_pong(count, k) if count < k else sorted(_first_of_each(features, distinct, k))
     with warnings.catch_warnings():  # an empty cluster is handled below, not worth a warning per sample
         warnings.simplefilter("ignore")
         _, labels = kmeans2(features, k, minit="++", seed=np.random.default_rng(seed))
@@ -79,4 +85,5 @@ class KeyframeStage(Stage):
         else:
             features = thumbnails(row["frames"])
         seed = int(row["sample_id"][:8], 16)  # from the content: the same sticker always gets the same sets
-        return {"keyframe_sets": [select_keyframes(features, k, seed) for k in KEYFRAME_COUNTS]}
+        distinct = np.unique(features, axis=0)
+        return {"keyframe_sets": [select_keyframes(features, k, seed, distinct) for k in KEYFRAME_COUNTS]}

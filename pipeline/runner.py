@@ -77,6 +77,9 @@ EXECUTION_KEYS: dict[str, tuple[str, ...] | None] = {
     "bookkeeping": None,
     "clip": ("pool_size", "num_cpus", "num_gpus"),
 }
+# Settings added after datasets were made that change the stored result, with the value every dataset made before
+# them has: a card without one reads as that value, so such a dataset resumes with it and refuses another.
+SETTINGS_BEFORE_THEY_EXISTED: dict[str, dict[str, Any]] = {"decode": {"resample": "lanczos"}}
 RESULTS = pa.schema([("source_uri", pa.string()), ("reject_reason", pa.string())])  # the main pass's, per input
 HASH_ROWS_PER_TASK = 1024  # inputs per hash task: reading and hashing is light, a task's start is not
 # The main pass's input: the readable kept copies, with what the listing said of them.
@@ -206,7 +209,11 @@ def ray_session(cfg: RayConfig, show_progress: bool) -> Iterator[None]:
 
 def _result_settings(config: dict[str, Any]) -> dict[str, Any]:
     """The config without EXECUTION_KEYS, as the card stores it. A section the config lacks (a card written before
-    that section existed) reads as its defaults."""
+    that section existed) reads as its defaults, a key of SETTINGS_BEFORE_THEY_EXISTED as the value given there."""
+    config = {
+        section: {**SETTINGS_BEFORE_THEY_EXISTED.get(section, {}), **values} if isinstance(values, dict) else values
+        for section, values in config.items()
+    }
     stored = json.loads(json.dumps({**to_dict(PreprocessConfig()), **config}))
     for section, keys in EXECUTION_KEYS.items():
         if keys is None:
@@ -224,9 +231,13 @@ def _check_config(layout: DatasetLayout, config: dict[str, Any], clip: ClipSetup
     old, new = _result_settings(card.get("config", {})), _result_settings(config)
     if old != new:
         section = next(k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k))
+        there, now = old.get(section), new.get(section)
+        if isinstance(there, dict) and isinstance(now, dict):  # name the keys, not the whole section
+            keys = [k for k in sorted(set(there) | set(now)) if there.get(k) != now.get(k)]
+            there, now = ({k: side.get(k) for k in keys} for side in (there, now))
         raise ConfigError(
-            f"{layout.root} was made with different '{section}' settings ({old.get(section)} there, "
-            f"{new.get(section)} now). Use another --out, or delete that folder to start over."
+            f"{layout.root} was made with different '{section}' settings ({there} there, {now} now). Run with the "
+            "settings it was made with, use another --out, or delete that folder to start over."
         )
     old_hash = (card.get("clip") or {}).get("weights_sha256")
     if clip is not None and old_hash is not None and old_hash != clip.weights.sha256:

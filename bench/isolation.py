@@ -31,12 +31,14 @@ from rdtf.pipeline.probe import probe  # noqa: E402
 
 def decode_in_worker(data: bytes, cfg: DecodeConfig) -> np.ndarray:
     facts = probe(data)
-    return sampled_frames(data, facts.format, facts.durations_ms, cfg.fps, cfg.max_frames, cfg.frame_size)[0]
+    return sampled_frames(
+        data, facts.format, facts.durations_ms, cfg.fps, cfg.max_frames, cfg.frame_size, cfg.resample
+    )[0]
 
 
 def decode_in_child(data: bytes, cfg: DecodeConfig, child: DecoderProcess) -> np.ndarray:
     facts = child.run(probe, data, timeout_s=cfg.timeout_s)
-    args = (data, facts.format, facts.durations_ms, cfg.fps, cfg.max_frames, cfg.frame_size)
+    args = (data, facts.format, facts.durations_ms, cfg.fps, cfg.max_frames, cfg.frame_size, cfg.resample)
     return child.run(sampled_frames, *args, timeout_s=cfg.timeout_s)[0]
 
 

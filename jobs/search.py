@@ -149,8 +149,9 @@ class QueryEncoder:
         try:
             facts = probe(data)
             frames, _ = sampled_frames(
-                data, facts.format, facts.durations_ms, decode["fps"], decode["max_frames"], decode["frame_size"]
-            )
+                data, facts.format, facts.durations_ms, decode["fps"], decode["max_frames"], decode["frame_size"],
+                decode.get("resample", "lanczos"),  # a card written before decode.resample existed: Lanczos
+            )  # fmt: skip
         except Reject as error:
             raise SearchError(f"--image {path}: cannot be read as a sticker ({error.reason}: {error})") from None
         size = self.preprocess["size"] if isinstance(self.preprocess["size"], int) else self.preprocess["size"][0]

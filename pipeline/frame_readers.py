@@ -64,11 +64,11 @@ def sampled_frames(
     fps: float,
     max_frames: int,
     frame_size: int,
-    resample: str = "lanczos",
+    resample: str,
 ) -> tuple[np.ndarray, list[int]]:
     """The frames on screen at the sampled times, (f, frame_size, frame_size, 3) uint8, and those times; or Reject.
 
-    `resample` is decode.resample; its default is the filter of datasets made before that setting existed."""
+    `resample` is decode.resample (pipeline.canvas.DOWNSCALE)."""
     indices, timestamps = schedule(durations_ms, fps, max_frames)
     wanted = set(indices.tolist())
     try:

@@ -110,7 +110,7 @@ def test_results_come_back_equal_and_writable(child):
     data = image_bytes(noise_frames(5, 40, 30), "GIF", [100] * 5)
     facts = probe(data)
     assert child.run(probe, data, timeout_s=TIMEOUT_S) == facts
-    args = (data, facts.format, facts.durations_ms, 8.0, 16, 256)
+    args = (data, facts.format, facts.durations_ms, 8.0, 16, 256, "reduce_lanczos")
     frames, times = child.run(sampled_frames, *args, timeout_s=TIMEOUT_S)
     expected, expected_times = sampled_frames(*args)
     assert np.array_equal(frames, expected) and frames.dtype == np.uint8 and times == expected_times
@@ -198,7 +198,7 @@ def test_libraries_are_imported_outside_the_memory_limit():
     process = DecoderProcess(64)
     try:
         facts = process.run(probe, data, timeout_s=TIMEOUT_S, imports=LIBRARIES["mp4"])
-        args = (data, facts.format, facts.durations_ms, 10.0, 16, 64)
+        args = (data, facts.format, facts.durations_ms, 10.0, 16, 64, "reduce_lanczos")
         frames, _ = process.run(sampled_frames, *args, timeout_s=TIMEOUT_S, imports=LIBRARIES["mp4"])
     finally:
         process.close()

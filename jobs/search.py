@@ -138,6 +138,7 @@ class QueryEncoder:
         embedded, and the unit embeddings averaged and normalised. Big or hostile files are the user's own here."""
         import torch
 
+        from rdtf.pipeline.config import SETTINGS_BEFORE_THEY_EXISTED
         from rdtf.pipeline.frame_readers import sampled_frames
         from rdtf.pipeline.probe import probe
         from rdtf.pipeline.stage import Reject
@@ -150,7 +151,7 @@ class QueryEncoder:
             facts = probe(data)
             frames, _ = sampled_frames(
                 data, facts.format, facts.durations_ms, decode["fps"], decode["max_frames"], decode["frame_size"],
-                decode.get("resample", "lanczos"),  # a card written before decode.resample existed: Lanczos
+                decode.get("resample", SETTINGS_BEFORE_THEY_EXISTED["decode"]["resample"]),  # an older card: none
             )  # fmt: skip
         except Reject as error:
             raise SearchError(f"--image {path}: cannot be read as a sticker ({error.reason}: {error})") from None

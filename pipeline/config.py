@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 from rdtf.schemas.config import require
 
@@ -11,6 +11,9 @@ from rdtf.schemas.config import require
 STICKER_EXTENSIONS = ("gif", "webp", "png", "apng", "jpg", "jpeg", "mp4", "webm")
 # decode.resample: the filters of pipeline.canvas.DOWNSCALE (named here so that the config does not import Pillow).
 Resample = Literal["lanczos", "reduce_lanczos"]
+# Settings added after datasets were made that change the stored result, with the value every dataset made before
+# them has: a card without one reads as that value, so such a dataset resumes with it and refuses another.
+SETTINGS_BEFORE_THEY_EXISTED: dict[str, dict[str, Any]] = {"decode": {"resample": "lanczos"}}
 
 
 @dataclass

@@ -2,13 +2,13 @@
 
 This is how a re-run resumes: it skips these inputs, so a killed job finishes without duplicating or dropping
 anything, and a finished job's re-run adds nothing. The ledger goes straight into the run's workspace
-(pipeline/workspace.py), so the driver never holds it. A local dataset is read by DuckDB's own Parquet reader in one
-statement, after one pass over the footers' key-value metadata for the schema versions: no Arrow crosses Python, and
-at 1 M rows it took less CPU than a plain pyarrow scan of two columns (bench/scale.py). A remote one (DuckDB's httpfs
-is not installed here) is read by threaded pyarrow dataset scans, a thousand files at a time, each file's version
-checked from the footer that scan read (one dataset over every file would keep all the footers: 670 MiB for the
-7,800 files of 1 M rows, measured). A run scans the output once, at its start; what it wrote itself is scanned after
-it and added, for the accounting check.
+(pipeline/workspace.py), so the driver never holds it. A local dataset is read by DuckDB's own Parquet reader, a
+thousand files per statement, after a pass over those footers' key-value metadata for the schema versions: no Arrow
+crosses Python, and at 1 M rows it took less CPU than a plain pyarrow scan of two columns (bench/scale.py). A remote
+one (DuckDB's httpfs is not installed here) is read by threaded pyarrow dataset scans, a thousand files at a time,
+each file's version checked from the footer that scan read (one dataset over every file would keep all the footers:
+670 MiB for the 7,800 files of 1 M rows, measured). A run scans the output once, at its start; what it wrote itself
+is scanned after it and added, for the accounting check.
 
 Workspace tables: `inputs` (pipeline.discover.INPUT_SCHEMA) and `ledger` (LEDGER_SCHEMA).
 """
@@ -138,8 +138,12 @@ def load(ws: Workspace, layout: DatasetLayout, data: list[str] | None = None, re
     if not data and not rejects:
         return
     if _duckdb_reads(layout):
-        for start in range(0, max(len(data), len(rejects)), FILES_PER_SCAN):
-            _load_local(ws, data[start : start + FILES_PER_SCAN], rejects[start : start + FILES_PER_SCAN], table, ours)
+        # FILES_PER_SCAN files per statement, data files first: DuckDB keeps some state per file it reads in one
+        # statement outside its memory limit (about 8 KiB, bench/scale.py)
+        n = len(data)
+        for start in range(0, n + len(rejects), FILES_PER_SCAN):
+            end = start + FILES_PER_SCAN
+            _load_local(ws, data[start:end], rejects[max(0, start - n) : max(0, end - n)], table, ours)
         return
     for part in _parts(layout, data, rejects):
         ws.load(table, part, append=True)

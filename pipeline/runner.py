@@ -42,7 +42,7 @@ from rdtf.pipeline.blocks import Block, block_rows, cut, write_blocks
 from rdtf.pipeline.card import count_outputs, make_card
 from rdtf.pipeline.clip import ClipInputStage, ClipSetup, ClipStage, prepare
 from rdtf.pipeline.clip_models import RANDOM_WARNING
-from rdtf.pipeline.config import PreprocessConfig, RayConfig
+from rdtf.pipeline.config import SETTINGS_BEFORE_THEY_EXISTED, PreprocessConfig, RayConfig
 from rdtf.pipeline.decode import DecodeStage, ProbeStage
 from rdtf.pipeline.dedupe import duplicates
 from rdtf.pipeline.discover import InputError, discover
@@ -77,9 +77,6 @@ EXECUTION_KEYS: dict[str, tuple[str, ...] | None] = {
     "bookkeeping": None,
     "clip": ("pool_size", "num_cpus", "num_gpus"),
 }
-# Settings added after datasets were made that change the stored result, with the value every dataset made before
-# them has: a card without one reads as that value, so such a dataset resumes with it and refuses another.
-SETTINGS_BEFORE_THEY_EXISTED: dict[str, dict[str, Any]] = {"decode": {"resample": "lanczos"}}
 RESULTS = pa.schema([("source_uri", pa.string()), ("reject_reason", pa.string())])  # the main pass's, per input
 HASH_ROWS_PER_TASK = 1024  # inputs per hash task: reading and hashing is light, a task's start is not
 # The main pass's input: the readable kept copies, with what the listing said of them.

@@ -62,7 +62,8 @@ class Workspace:
             "temp_directory": f"{self.folder}/spill",
             "preserve_insertion_order": False,  # order only where a query says ORDER BY: less to hold while sorting
         }
-        settings["threads"] = cfg.threads or max(1, min(os.cpu_count() or 1, cfg.memory_mb // MB_PER_THREAD))
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        settings["threads"] = cfg.threads or max(1, min(cores, cfg.memory_mb // MB_PER_THREAD))
         self.db = duckdb.connect(":memory:", config=settings)
 
     def __enter__(self) -> Workspace:

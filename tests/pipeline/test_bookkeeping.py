@@ -324,7 +324,15 @@ def test_the_ledger_reads_alike_through_duckdb_and_pyarrow(
     """A local dataset's ledger is read by DuckDB (`load`), a remote one by pyarrow (`scan`): same entries, whether
     the files are read all at once or a few at a time."""
     monkeypatch.setattr(ledger_module, "FILES_PER_SCAN", files_per_scan)
+    read, real = [], ledger_module._load_local
+    monkeypatch.setattr(ledger_module, "_load_local", lambda ws, d, r, *a: read.append(d + r) or real(ws, d, r, *a))
     layout = _ledger_dataset(tmp_path / "out")
+    with Workspace() as ws:
+        ledger_module.load(ws, layout)
+    assert sorted(f for files in read for f in files) == sorted(
+        layout.parquet_files("data") + layout.parquet_files("rejects")
+    )
+    assert max(len(files) for files in read) == min(files_per_scan, 4)  # at most FILES_PER_SCAN files per statement
     with Workspace() as ws:
         ledger_module.load(ws, layout)
         through_duckdb = ws.sql("SELECT * FROM ledger ORDER BY source_uri").to_arrow_table()

@@ -8,7 +8,10 @@ sample level). docs/curriculum.md, docs/masks.md, docs/model.md.
 from __future__ import annotations
 
 import json
+import os
 import socket
+import subprocess
+import sys
 import types
 from pathlib import Path
 
@@ -17,6 +20,7 @@ import pytest
 import torch
 import torch.distributed as dist
 from conftest import REPO
+from dataset_factory import make_dataset
 from diffusers.models.resnet import TemporalConvLayer
 from scipy import stats
 
@@ -292,3 +296,17 @@ def test_a_run_saved_with_the_former_mode_resumes_and_a_changed_switch_is_refuse
     ):
         with pytest.raises(ConfigError, match=key):
             prepare_run(str(run), _tiny(**overrides), "/data", "d", 0)
+
+
+def test_a_run_with_dual_masks_off_trains_only_the_single_task(tmp_path: Path) -> None:
+    """Through `rdtf train` itself: the training loop takes its tasks from trained_tasks(run.dual_masks)."""
+    data = make_dataset(str(tmp_path / "ds"), files=1, rows_per_file=4)
+    run = tmp_path / "run"
+    command = [sys.executable, "-m", "rdtf.jobs.cli", "train", "--config", str(REPO / "configs" / "tiny.yaml")]
+    command += ["--data", data, "--out", str(run), "--steps", "4", "--dual-masks", "off", "--curriculum", "none"]
+    command += ["--set", "optim.micro_batch=1", "--set", "run.log_every=1", "--set", "run.checkpoint_every=100"]
+    env = os.environ | {"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    tasks = [json.loads(line)["task"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert tasks == [SINGLE_TASK] * 4  # `none` alone would draw the six tasks uniformly

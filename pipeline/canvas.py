@@ -26,7 +26,7 @@ def to_canvas(frame: Image.Image, size: int, resample: str) -> np.ndarray:
         flat = Image.new("RGB", frame.size, WHITE)
         flat.paste(frame, mask=frame)  # "over" with the frame's own alpha
     else:
-        flat = frame.convert("RGB")
+        flat = frame if frame.mode == "RGB" else frame.convert("RGB")
     if scale < 1:
         method, gap = DOWNSCALE[resample]
         flat = flat.resize((new_w, new_h), method, reducing_gap=gap)

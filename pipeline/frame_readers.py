@@ -20,7 +20,10 @@ from rdtf.pipeline.stage import Reject
 
 
 def _gif_frames(data: bytes, wanted: set[int]) -> dict[int, Image.Image]:
-    return composite(data, parse_gif(data), wanted)
+    # The composited frames' transparent pixels are white: read without their alpha, they are the frames over white.
+    gif = parse_gif(data)
+    size = (gif.width, gif.height)
+    return {i: Image.frombytes("RGB", size, rgba, "raw", "RGBX") for i, rgba in composite(data, gif, wanted).items()}
 
 
 def _pillow_frames(data: bytes, wanted: set[int]) -> dict[int, Image.Image]:

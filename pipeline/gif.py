@@ -1,5 +1,5 @@
 """GIF frames exactly as a browser shows them: the block structure parsed here, each frame's LZW data decoded by
-Pillow, and the frames composited here.
+Pillow into palette indices, and the frames composited here.
 
 Why not a library's compositor: FFmpeg (PyAV) and Pillow both fill disposal-2 areas and the initial canvas with
 the background colour where browsers show transparency, and FFmpeg garbles frames wider than the logical screen
@@ -12,10 +12,10 @@ the background colour where browsers show transparency, and FFmpeg garbles frame
 
 from __future__ import annotations
 
-import io
 import struct
 from dataclasses import dataclass
 
+import numpy as np
 from PIL import Image
 
 
@@ -118,40 +118,75 @@ def parse_gif(data: bytes) -> GifFile:
     return GifFile(width, height, tuple(frames), truncated, truncated and pending)
 
 
-def frame_image(data: bytes, frame: GifFrameInfo) -> Image.Image:
-    """Decode one frame as RGBA (transparent index -> alpha 0) by handing Pillow a one-frame GIF of its bytes."""
-    size_field = max(0, (max(len(frame.palette) // 3, 2) - 1).bit_length() - 1)
-    table = frame.palette.ljust(3 * (2 << size_field), b"\0")  # indices past the table show black, as in browsers
-    header = b"GIF89a" + struct.pack("<HHBBB", frame.width, frame.height, 0, 0, 0)
-    descriptor = b"\x2c" + struct.pack(
-        "<HHHHB", 0, 0, frame.width, frame.height, 0x80 | (0x40 if frame.interlaced else 0) | size_field
-    )
-    single = header + descriptor + table + data[frame.data_start : frame.data_end] + b"\x3b"
-    with Image.open(io.BytesIO(single)) as image:
-        image.load()
-        if frame.transparent_index is not None:
-            image.info["transparency"] = frame.transparent_index
-        return image.convert("RGBA")
+def frame_indices(data: bytes, frame: GifFrameInfo) -> np.ndarray:
+    """One frame's palette indices, (height, width) uint8, decoded by Pillow's LZW decoder; ValueError if its data
+    is corrupt or ends before the frame is complete."""
+    lzw = data[frame.data_start + 1 : frame.data_end]  # the sub-blocks after the minimum code size byte
+    code_size = data[frame.data_start]
+    return np.asarray(Image.frombytes("P", (frame.width, frame.height), lzw, "gif", code_size, frame.interlaced))
 
 
-def composite(data: bytes, gif: GifFile, wanted: set[int]) -> dict[int, Image.Image]:
-    """RGBA canvases of the wanted frames, composited in order up to the last wanted one.
+class Colours:
+    """Every colour table a GIF's frames use, as one lookup table from colour ids to RGBA packed in a uint32.
 
-    Alpha is 0 or 255 in a GIF, so pasting a frame with its own alpha as the mask is exactly "draw the
-    non-transparent pixels"; Pillow clips the paste to the canvas.
+    Id 0 is transparent, stored white with alpha 0 so that the RGB channels alone are the frame over white; table
+    t's entry i is id 1 + 256 t + i, opaque (entries past a short table are black, as browsers show them)."""
+
+    def __init__(self) -> None:
+        self._tables: dict[bytes, int] = {}
+        self._rows = [np.array([[255, 255, 255, 0]], np.uint8)]
+        self._packed: np.ndarray | None = None
+
+    def first_id(self, palette: bytes) -> int:
+        """The id of entry 0 of `palette`, which is added to the table when new."""
+        table = self._tables.get(palette)
+        if table is None:
+            table = self._tables[palette] = len(self._tables)
+            rows = np.zeros((256, 4), np.uint8)
+            rows[:, 3] = 255
+            entries = min(len(palette) // 3, 256)
+            rows[:entries, :3] = np.frombuffer(palette, np.uint8, 3 * entries).reshape(entries, 3)
+            self._rows.append(rows)
+            self._packed = None
+        return 1 + 256 * table
+
+    def rgba(self, ids: np.ndarray) -> np.ndarray:
+        """(height, width) colour ids -> (height, width, 4) RGBA uint8."""
+        if self._packed is None:
+            self._packed = np.concatenate(self._rows).view(np.uint32).ravel()
+        return np.take(self._packed, ids).view(np.uint8).reshape(*ids.shape, 4)
+
+
+def composite(data: bytes, gif: GifFile, wanted: set[int]) -> dict[int, np.ndarray]:
+    """The wanted frames as shown, (height, width, 4) RGBA uint8, composited in order up to the last wanted one.
+
+    Fully transparent pixels are (255, 255, 255, 0): dropping alpha gives the frame over white. The screen is kept
+    as colour ids (Colours), one uint32 a pixel, and turned into colours only for the wanted frames: a frame draws
+    its non-transparent indices as a masked copy, clipped to the screen (3.8 against 5.2 s for drawing RGBA images
+    with Pillow's masked paste on the shared stickers, identical frames).
     """
-    canvas = Image.new("RGBA", (gif.width, gif.height), (0, 0, 0, 0))
-    shown: dict[int, Image.Image] = {}
+    colours = Colours()
+    screen = np.zeros((gif.height, gif.width), np.uint32)
+    shown: dict[int, np.ndarray] = {}
     for index in range(max(wanted) + 1):
         frame = gif.frames[index]
-        saved = canvas.copy() if frame.disposal == 3 else None
-        pixels = frame_image(data, frame)
-        canvas.paste(pixels, (frame.left, frame.top), mask=pixels if frame.transparent_index is not None else None)
+        first_id = colours.first_id(frame.palette)
+        saved = screen.copy() if frame.disposal == 3 else None
+        # The part of the frame on the screen (a frame may overhang it, or lie outside it).
+        right, bottom = min(frame.left + frame.width, gif.width), min(frame.top + frame.height, gif.height)
+        area = screen[frame.top : bottom, frame.left : right]
+        if area.size:
+            indices = frame_indices(data, frame)[: area.shape[0], : area.shape[1]]
+            ids = indices.astype(np.uint32)
+            ids += first_id
+            if frame.transparent_index is None:
+                area[...] = ids
+            else:
+                np.copyto(area, ids, where=indices != frame.transparent_index)
         if index in wanted:
-            shown[index] = canvas.copy()
+            shown[index] = colours.rgba(screen)
         if frame.disposal == 2:
-            rect = (frame.left, frame.top, frame.left + frame.width, frame.top + frame.height)
-            canvas.paste((0, 0, 0, 0), rect)
+            area[...] = 0
         elif saved is not None:
-            canvas = saved
+            screen = saved
     return shown

@@ -97,6 +97,13 @@ CASES: dict[str, GifCase] = {
             GifFrame(_noise(35, 6, W + 5), left=3, top=5),
         ]
     ),
+    "outside_screen": GifCase(
+        [
+            GifFrame(_noise(36, H, W)),
+            GifFrame(_noise(37, 4, 4), left=W + 2, top=3, disposal=2),  # draws nothing, clears nothing
+            GifFrame(_holey(38, 5, 5), left=6, top=H, transparent_index=0),
+        ]
+    ),
     "interlaced": GifCase(
         [
             GifFrame(_noise(20, H, W), interlace=True),
@@ -149,6 +156,7 @@ KNOWN_DIFFERENCES: dict[tuple[str, str], str] = {
         "so its rows are garbled (a frame that only overhangs is clipped correctly)"
     ),
     ("pyav", "first_frame_partial_opaque_bg3"): _PYAV_OPAQUE_START,
+    ("pyav", "outside_screen"): "PyAV: a frame that lies outside the logical screen is invalid data to libavcodec",
     ("pillow", "disposal2_transparent_index"): (
         "Pillow: on an opaque (RGB) canvas, disposal 2 fills the rectangle with the opaque colour of the "
         "transparent index instead of clearing it to transparent"
@@ -159,6 +167,7 @@ KNOWN_DIFFERENCES: dict[tuple[str, str], str] = {
     ),
     ("pillow", "overhang_non_first_frame"): _PILLOW_GROWS + " (cropped back, it shows the disposal 2 fill)",
     ("pillow", "wider_than_screen"): _PILLOW_GROWS,
+    ("pillow", "outside_screen"): _PILLOW_GROWS,
     ("pillow", "first_frame_partial_opaque_bg3"): _PILLOW_OPAQUE_START,
 }
 

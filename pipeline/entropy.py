@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageChops
 
 from rdtf.pipeline.config import DifficultyConfig
 from rdtf.pipeline.repeats import distinct_frames
@@ -29,8 +29,13 @@ def grey_frames(frames: np.ndarray) -> np.ndarray:
 def histogram_entropy(image: np.ndarray) -> float:
     """Shannon entropy (bits) of a uint8 image's 256-level histogram; equals skimage.measure.shannon_entropy,
     about 20x faster (a bincount instead of a sort; a third faster again than skimage's histogram)."""
-    counts = np.bincount(image.ravel(), minlength=256)
-    p = counts[counts > 0] / image.size
+    return counts_entropy(np.bincount(image.ravel(), minlength=256), image.size)
+
+
+def counts_entropy(counts: np.ndarray | list[int], pixels: int) -> float:
+    """Shannon entropy (bits) of a histogram of `pixels` values."""
+    counts = np.asarray(counts)
+    p = counts[counts > 0] / pixels
     return float(-(p * np.log2(p)).sum())
 
 
@@ -46,21 +51,21 @@ def temporal_entropy(grey: np.ndarray) -> float:
 
 
 def entropies(frames: np.ndarray) -> tuple[float, float]:
-    """(H_s, H_t) of (f, h, w, 3) uint8 RGB frames: spatial_entropy and temporal_entropy of their grey levels, with
-    each distinct frame's histogram, and each distinct consecutive pair's, computed once (pipeline.repeats): the
-    same numbers, in the same order, as the per-frame computation."""
+    """(H_s, H_t) of (f, h, w, 3) uint8 RGB frames: the same numbers, in the same order, as spatial_entropy and
+    temporal_entropy of grey_frames, computed with Pillow (grey levels, |difference| and histograms in C: 3x faster
+    than numpy's bincount) and once per distinct frame, and distinct consecutive pair (pipeline.repeats)."""
     firsts, inverse = distinct_frames(frames)
-    grey = grey_frames(frames[firsts])
-    spatial = [histogram_entropy(image) for image in grey]
+    grey = [Image.fromarray(frames[i]).convert("L") for i in firsts]
+    pixels = frames.shape[1] * frames.shape[2]
+    spatial = [counts_entropy(image.histogram(), pixels) for image in grey]
     h_s = float(np.mean([spatial[j] for j in inverse]))
     if len(frames) < 2:
         return h_s, 0.0
     pairs = list(zip(inverse[:-1].tolist(), inverse[1:].tolist(), strict=True))  # (frame t-1, frame t)
-    distinct_pairs = list(dict.fromkeys(pairs))
-    before, after = (np.array(side) for side in zip(*distinct_pairs, strict=True))
-    wide = grey.astype(np.int16)
-    changes = np.abs(wide[after] - wide[before]).astype(np.uint8)
-    temporal = dict(zip(distinct_pairs, (histogram_entropy(change) for change in changes), strict=True))
+    temporal = {
+        (before, after): counts_entropy(ImageChops.difference(grey[after], grey[before]).histogram(), pixels)
+        for before, after in dict.fromkeys(pairs)
+    }
     return h_s, float(np.mean([temporal[pair] for pair in pairs]))
 
 

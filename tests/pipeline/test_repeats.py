@@ -68,7 +68,7 @@ def test_entropies_equal_the_per_frame_computation(sticker_clips):
     for frames in sticker_clips:
         grey = grey_frames(frames)
         expected = (spatial_entropy(grey), temporal_entropy(grey))
-        # Exactly equal: the same histograms of the same arrays, averaged in the same order.
+        # Exactly equal: the same histograms (counted by Pillow there, numpy here), averaged in the same order.
         assert entropies(frames) == expected
         row = EntropyStage(DifficultyConfig())({"source_uri": ["x"], "frames": [frames]})
         assert (row["spatial_entropy"][0], row["temporal_entropy"][0]) == expected

@@ -25,6 +25,9 @@ from rdtf.pipeline.config import RayConfig
 from rdtf.pipeline.stage import STATUS_COLUMNS, Resources, Stage
 from rdtf.schemas.dataset import SAMPLE_SCHEMA
 
+# Rows a task takes through its stages together (plan.run_leg): their decoded frames, 3 MiB a row at the default
+# settings, are what a task holds of them; the block's other rows hold only what goes on (frames encoded).
+ROWS_AT_ONCE = 8
 # Columns whose values are numpy arrays; they travel in .npy format, which carries their dtype and shape.
 ARRAY_COLUMNS = ("frames", "clip_pixels", "frame_embeddings")
 # The Arrow type of every column that may cross between legs: the stored row's, the status columns, and the
@@ -98,13 +101,33 @@ def _npy(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def run_leg(table: pa.Table, stages: list[Stage], keep: tuple[str, ...], sink: Any, schema: pa.Schema | None):
-    """One block through a leg's stages (and the sink, on the last leg): the next leg's columns, or `schema`'s."""
+def run_leg(
+    table: pa.Table,
+    stages: list[Stage],
+    keep: tuple[str, ...],
+    sink: Any,
+    schema: pa.Schema | None,
+    rows_at_once: int | None = None,
+) -> pa.Table:
+    """One block through a leg's stages (and the sink, on the last leg): the next leg's columns, or `schema`'s.
+
+    `rows_at_once` rows go through the stages together (None: the whole block, as a model wants its batch); after
+    the stages a row keeps only the columns that go on, so a task holds the decoded frames (and file bytes) of
+    that many rows at a time, whatever the block's size."""
     needed = {"source_uri", *STATUS_COLUMNS, *(c for s in stages for c in s.reads), *getattr(sink, "reads", ())}
     needed |= set(schema.names if schema is not None else ())
-    batch = {c: _to_python(table.column(c), c) for c in table.column_names if c in needed}
-    for stage in stages:
-        batch = stage(batch)
+    going_on = {"source_uri", *STATUS_COLUMNS, *keep, *getattr(sink, "reads", ())}
+    going_on |= set(schema.names if schema is not None else ())
+    size = rows_at_once or max(table.num_rows, 1)
+    batch: dict[str, list[Any]] = {}
+    for begin in range(0, max(table.num_rows, 1), size):
+        part = table.slice(begin, size)
+        rows = {c: _to_python(part.column(c), c) for c in part.column_names if c in needed}
+        for stage in stages:
+            rows = stage(rows)
+        for column, values in rows.items():
+            if column in going_on:
+                batch.setdefault(column, []).extend(values)
     if sink is not None:
         batch = sink(batch)
     if schema is not None:
@@ -116,10 +139,10 @@ def run_leg(table: pa.Table, stages: list[Stage], keep: tuple[str, ...], sink: A
 
 
 def run_task_leg(table: pa.Table, stages: list[Stage], keep, sink, schema) -> pa.Table:
-    """A task: sets its stages up (once per task), then runs the block."""
+    """A task: sets its stages up (once per task), then runs the block, ROWS_AT_ONCE rows at a time."""
     for stage in stages:
         stage.setup()
-    return run_leg(table, stages, keep, sink, schema)
+    return run_leg(table, stages, keep, sink, schema, ROWS_AT_ONCE)
 
 
 class LegActor:

@@ -49,7 +49,9 @@ class Resources:
     num_gpus: float = 0.0
     actors: int = 0  # 0: tasks (setup() once per task); n: a pool of n actors (setup() once per actor)
     memory: int = 0  # bytes a worker holds whatever its batch (the decoder process's limit); 0: none declared
-    memory_per_row: int = 0  # bytes each row of its batch holds until the worker is done with it (decoded frames)
+    # Bytes each row of its batch may hold until the worker is done with it: its frames, decoded for ROWS_AT_ONCE rows
+    # at a time (pipeline.plan) and encoded after, which for incompressible frames are as large.
+    memory_per_row: int = 0
 
 
 class Stage(ABC):

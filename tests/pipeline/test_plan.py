@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import weakref
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -10,9 +12,9 @@ import pytest
 
 from rdtf.pipeline.clip import prepare
 from rdtf.pipeline.config import ClipConfig, PreprocessConfig
-from rdtf.pipeline.plan import COLUMN_TYPES, map_stages, run_leg, split
+from rdtf.pipeline.plan import COLUMN_TYPES, ROWS_AT_ONCE, map_stages, run_leg, split
 from rdtf.pipeline.runner import INPUT_COLUMNS, main_stages
-from rdtf.pipeline.stage import STATUS_COLUMNS, Resources, Stage
+from rdtf.pipeline.stage import STATUS_COLUMNS, Reject, Resources, Stage
 from rdtf.pipeline.write import ShardWriter
 
 
@@ -98,6 +100,13 @@ def test_columns_cross_as_typed_arrow_and_come_back_equal():
     assert checked.column("reject_reason").to_pylist() == [None, None], checked.column("reject_message")
 
 
+@dataclass(eq=False)  # hashable by identity, for a WeakSet
+class Frames:
+    """Stands for a row's decoded frames."""
+
+    value: int
+
+
 class Recorder:
     """Stands for a Ray Dataset: records the options of every map_batches call."""
 
@@ -122,3 +131,49 @@ def test_retries_are_bounded_and_the_decode_task_reserves_its_memory(clip):
         actors, keyframes = later
         assert actors["max_restarts"] == actors["max_task_retries"] == 2 and actors["memory"] is None
         assert keyframes["max_retries"] == 2 and keyframes["memory"] is None
+
+
+def test_a_task_holds_the_decoded_frames_of_a_few_rows_at_a_time():
+    """The rows go through the stages ROWS_AT_ONCE at a time; what reaches the sink holds no decoded frames, and
+    equals what the whole block at once gives."""
+    live: weakref.WeakSet[Frames] = weakref.WeakSet()
+    alive: list[int] = []  # decoded frames in memory at each decode
+
+    class Decode(Stage):
+        name = "decode"
+        reads = ("source_uri",)
+        writes = ("frames",)
+
+        def process_row(self, row: dict[str, Any]) -> dict[str, Any]:
+            alive.append(len(live))
+            if row["source_uri"].endswith("7"):
+                raise Reject("corrupt", "bad bytes")
+            frames = Frames(int(row["source_uri"][1:]))
+            live.add(frames)
+            return {"frames": frames}
+
+    class Encode(Stage):
+        name = "encode"
+        reads = ("frames",)
+        writes = ("encoded_frames",)
+
+        def process_row(self, row: dict[str, Any]) -> dict[str, Any]:
+            return {"encoded_frames": [bytes([row["frames"].value % 256])]}
+
+    class Sink:
+        reads = ("source_uri", "encoded_frames")
+
+        def __call__(self, batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
+            self.columns = set(batch)
+            return {"source_uri": batch["source_uri"], "reject_reason": batch["reject_reason"],
+                    "first": [None if e is None else e[0] for e in batch["encoded_frames"]]}  # fmt: skip
+
+    table = pa.table({"source_uri": [f"s{i}" for i in range(3 * ROWS_AT_ONCE + 1)]})
+    schema = pa.schema([("source_uri", pa.string()), ("reject_reason", pa.string()), ("first", pa.binary())])
+    sink = Sink()
+    in_parts = run_leg(table, [Decode(), Encode()], (), sink, schema, ROWS_AT_ONCE)
+    assert "frames" not in sink.columns and max(alive) <= ROWS_AT_ONCE
+    alive.clear()
+    at_once = run_leg(table, [Decode(), Encode()], (), Sink(), schema)
+    assert max(alive) == table.num_rows - 3  # at the last row: every earlier row's but two rejected ones'
+    assert in_parts.equals(at_once) and in_parts["reject_reason"].null_count == table.num_rows - 2

@@ -96,7 +96,7 @@ def train_run(args: argparse.Namespace, data: Path, run: Path, row: str, seed: i
 
 def task_mix(run: Path) -> dict[str, int]:
     """Optimizer steps per task, from the run's metrics.jsonl."""
-    from rdtf.trainer.masks import TASKS
+    from rdtf.trainer.tasks import TASKS
 
     with open(run / "metrics.jsonl") as f:
         counts = Counter(json.loads(line)["task"] for line in f)
@@ -146,7 +146,7 @@ def tables(
 ) -> str:
     """Markdown: the table's rows with FVD (it2v), the loss and PSNR/SSIM, the no-model baseline, the task mix."""
     from rdtf.trainer.evaluate import FRAME_TASKS
-    from rdtf.trainer.masks import TASKS
+    from rdtf.trainer.tasks import TASKS
 
     frame_tasks = [task for task in FRAME_TASKS if task in FVD_TASKS]
     label = "random I3D: relative only" if i3d == "random" else "I3D " + Path(i3d).name

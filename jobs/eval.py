@@ -18,7 +18,7 @@ import sys
 from typing import Any
 
 from rdtf.jobs.console import importing_quietly
-from rdtf.trainer.masks import NUM_FRAMES, TASKS
+from rdtf.trainer.tasks import NUM_FRAMES, TASKS
 
 DEFAULT_TASKS = (
     "it2v,interpolate,predict-post"  # the paper's three tables: text&image to GIF, interpolation, prediction

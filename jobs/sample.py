@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from rdtf.jobs.console import importing_quietly
-from rdtf.trainer.masks import TASKS
+from rdtf.trainer.tasks import TASKS
 
 
 def add_sample_parser(commands: Any) -> None:

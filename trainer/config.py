@@ -13,7 +13,7 @@ from typing import Any, Literal
 from rdtf.schemas.config import require
 from rdtf.trainer.curriculum import LEGACY_MODES, CurriculumConfig
 from rdtf.trainer.dfgn import TEMPORAL_LAYERS
-from rdtf.trainer.masks import TASKS
+from rdtf.trainer.tasks import TASKS
 
 
 @dataclass

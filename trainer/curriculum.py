@@ -27,7 +27,7 @@ import numpy as np
 import torch.distributed as dist
 
 from rdtf.schemas.config import require
-from rdtf.trainer.masks import TASKS
+from rdtf.trainer.tasks import TASKS
 
 # Task groups of the paper notes' task table.
 TASK_GROUP = {

@@ -24,8 +24,8 @@ from rdtf.schemas.dataset import KEYFRAME_COUNTS
 from rdtf.schemas.frames import decode_frame
 from rdtf.schemas.reader import DatasetReader
 from rdtf.trainer.config import DataConfig
-from rdtf.trainer.masks import NUM_FRAMES
 from rdtf.trainer.pacing import EpochPacer, Position, Weigh
+from rdtf.trainer.tasks import NUM_FRAMES
 
 READ_COLUMNS = ["sample_id", "frames", "keyframe_sets", "caption", "static_difficulty"]
 # Row groups kept read (encoded frames, up to ray.rows_per_shard = 128 rows each): the walk only moves forward.

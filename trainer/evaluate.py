@@ -42,9 +42,10 @@ from rdtf.trainer.fvd import FeatureStats, fvd
 from rdtf.trainer.i3d import INPUT_SIZE, NUM_CLASSES, i3d_features, load_i3d
 from rdtf.trainer.i3d import check_weights as check_i3d_weights
 from rdtf.trainer.latents import load_codec
-from rdtf.trainer.masks import NUM_FRAMES, TASKS, TEXT_ON, frame_mask, masked_mse
+from rdtf.trainer.masks import frame_mask, masked_mse
 from rdtf.trainer.media import clip_to_frames
 from rdtf.trainer.sample import GIVEN, load_run_config
+from rdtf.trainer.tasks import NUM_FRAMES, TASKS, TEXT_ON
 from rdtf.trainer.text import TextEncoder
 
 # Tasks whose generated frames have real counterparts to compare with: the frames around the given ones exist in

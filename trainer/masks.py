@@ -14,18 +14,14 @@ from typing import Literal
 
 import torch
 
-NUM_FRAMES = 8  # every clip is padded to 8 frames (paper: "all on 8 frames")
-TASKS = ("t2v", "i2v", "it2v", "interpolate", "predict-pre", "predict-post")
-# The input gate: text is switched off for image-to-GIF only (paper notes, task table).
-TEXT_ON = {"t2v": True, "i2v": False, "it2v": True, "interpolate": True, "predict-pre": True, "predict-post": True}
+from rdtf.trainer.tasks import NUM_FRAMES, TASKS
+
 # Interpolation patterns from the paper: every other frame given (two phases), or every third frame.
 INTERPOLATION_PATTERNS = ((0, 1, 0, 1, 0, 1, 0, 1), (1, 0, 1, 0, 1, 0, 1, 0), (1, 0, 0, 1, 0, 0, 1, 0))
 
 # Dual masks off: the one task trained, text&image to GIF (the task of the paper's ablation table), its one
 # condition the first frame (the usual image-to-video setup: no variety of condition masks).
 SINGLE_TASK = "it2v"
-
-Task = Literal["t2v", "i2v", "it2v", "interpolate", "predict-pre", "predict-post"]
 
 
 def frame_mask(num_valid: torch.Tensor, num_frames: int = NUM_FRAMES) -> torch.Tensor:

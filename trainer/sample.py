@@ -21,8 +21,8 @@ from rdtf.trainer.config import TrainConfig, upgrade_saved
 from rdtf.trainer.dfgn import DFGN
 from rdtf.trainer.diffusion import generate, sample_scheduler
 from rdtf.trainer.latents import load_codec
-from rdtf.trainer.masks import NUM_FRAMES, TEXT_ON
 from rdtf.trainer.media import clip_to_frames, frames_to_clip, read_frames, read_image, write_gif
+from rdtf.trainer.tasks import NUM_FRAMES, TEXT_ON
 from rdtf.trainer.text import TextEncoder
 
 HALF = NUM_FRAMES // 2

@@ -43,9 +43,10 @@ from rdtf.trainer.diffusion import generate, sample_scheduler, train_scheduler, 
 from rdtf.trainer.evaluate import check_training_eval, training_scalars
 from rdtf.trainer.export import export_pipeline
 from rdtf.trainer.latents import load_codec
-from rdtf.trainer.masks import TEXT_ON, condition_mask, frame_mask, masked_mse, single_task_masks, trained_tasks
+from rdtf.trainer.masks import condition_mask, frame_mask, masked_mse, single_task_masks, trained_tasks
 from rdtf.trainer.media import clip_to_frames, write_gif
 from rdtf.trainer.run_store import RunStore
+from rdtf.trainer.tasks import TEXT_ON
 from rdtf.trainer.text import TextEncoder
 
 log = logging.getLogger("rdtf.train")

@@ -35,8 +35,9 @@ from rdtf.trainer.dfgn import DFGN
 from rdtf.trainer.diffusion import train_scheduler, training_target
 from rdtf.trainer.export import standalone_dfgn_source
 from rdtf.trainer.latents import PixelCodec
-from rdtf.trainer.masks import SINGLE_TASK, TASKS, masked_mse, single_task_masks, trained_tasks
+from rdtf.trainer.masks import SINGLE_TASK, masked_mse, single_task_masks, trained_tasks
 from rdtf.trainer.sti import STILayer
+from rdtf.trainer.tasks import TASKS
 from rdtf.trainer.text import TextEncoder
 from rdtf.trainer.train import prepare_run, step_generator, training_loss
 

@@ -14,8 +14,8 @@ import torch.multiprocessing as mp
 
 from rdtf.schemas.config import ConfigError, from_dict
 from rdtf.trainer.curriculum import MIN_HISTORY, Curriculum, CurriculumConfig
-from rdtf.trainer.masks import TASKS
 from rdtf.trainer.pacing import EpochPacer
+from rdtf.trainer.tasks import TASKS
 
 T = 1000
 GENERATION, INTERPOLATION, PREDICTION = ("t2v", "i2v", "it2v"), ("interpolate",), ("predict-pre", "predict-post")

@@ -28,7 +28,7 @@ from rdtf.trainer.evaluate import (
     iter_clips,
     scored_mask,
 )
-from rdtf.trainer.masks import TASKS
+from rdtf.trainer.tasks import TASKS
 
 TINY = str(REPO / "configs" / "tiny.yaml")
 CLIPS = 2

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rdtf.trainer.masks import INTERPOLATION_PATTERNS, TASKS, TEXT_ON, condition_mask, frame_mask, masked_mse
+from rdtf.trainer.masks import INTERPOLATION_PATTERNS, condition_mask, frame_mask, masked_mse
+from rdtf.trainer.tasks import TASKS, TEXT_ON
 
 
 def _draws(task: str, n: int, count: int = 400) -> torch.Tensor:

@@ -19,8 +19,8 @@ from dataset_factory import make_dataset, tiny_vae_folder
 from PIL import Image
 
 from rdtf.trainer import checkpoint
-from rdtf.trainer.masks import TASKS
 from rdtf.trainer.sample import SampleRequest, sample
+from rdtf.trainer.tasks import TASKS
 
 TINY = str(REPO / "configs" / "tiny.yaml")
 FAST = ["--set", "data.shuffle_buffer=4", "--set", "run.log_every=1", "--micro-batch", "2"]

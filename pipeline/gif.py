@@ -3,7 +3,7 @@ Pillow into palette indices, and the frames composited here.
 
 Why not a library's compositor: FFmpeg (PyAV) and Pillow both fill disposal-2 areas and the initial canvas with
 the background colour where browsers show transparency, and FFmpeg garbles frames wider than the logical screen
-(tests/test_gif_factory.py pins each case). The browser rules, as in the GIF89a spec and WHATWG's image decoders:
+(tests/pipeline/test_gif.py pins each case). The browser rules, as in the GIF89a spec and WHATWG's image decoders:
     1. the canvas (logical screen) starts fully transparent;
     2. a frame draws its non-transparent pixels into the canvas, clipped to the logical screen;
     3. after display, disposal 2 clears the frame's rectangle to transparent, 3 restores the canvas from before

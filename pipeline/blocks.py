@@ -88,8 +88,9 @@ def _read_block(block: Block, fs: pafs.FileSystem) -> list[pa.Table]:
         return [pq.ParquetFile(f).read_row_group(block.row_group)]
 
 
-def read_blocks(blocks: list[Block], fs: pafs.FileSystem) -> Any:
-    """A Ray dataset of `blocks`, in order: one read task and one Ray block each."""
+def read_blocks(blocks: list[Block], fs: pafs.FileSystem, ray_remote_args: dict | None = None) -> Any:
+    """A Ray dataset of `blocks`, in order: one read task and one Ray block each. `ray_remote_args`: the read tasks'
+    (pipeline.plan passes those of the tasks that take the blocks, so that Ray Data fuses the read into them)."""
     import ray.data
     from ray.data.block import BlockMetadata
     from ray.data.datasource import Datasource, ReadTask
@@ -104,4 +105,4 @@ def read_blocks(blocks: list[Block], fs: pafs.FileSystem) -> Any:
                 for block in blocks
             ]
 
-    return ray.data.read_datasource(BlockFiles(), override_num_blocks=len(blocks))
+    return ray.data.read_datasource(BlockFiles(), override_num_blocks=len(blocks), ray_remote_args=ray_remote_args)

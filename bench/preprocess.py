@@ -63,7 +63,8 @@ SAMPLE_PERIOD_S = 0.2
 SCALE = 10  # the large memory run has SCALE x N inputs
 SEED = 0  # which stickers the variants and the stage subset use
 REPEATS = 3  # bare decoding, pipeline, and pipeline on its finished output: each timed this often, median reported
-BUSY_WORKER = "ray::MapBatches"  # a worker's process title while it runs a pipeline task
+# A worker's process title while it runs a pipeline task (the read fused into the first leg, or a later leg).
+BUSY_WORKERS = ("ray::ReadBlockFiles->", "ray::MapBatches")
 
 if str(REPO) not in sys.path:  # run as a script from anywhere: the checkout's packages come first
     sys.path.insert(0, str(REPO))
@@ -200,7 +201,7 @@ class MemorySampler:
             try:
                 rss = proc.memory_info().rss
                 kind = process_kind(proc, me.pid) if pid in descendants else "not descendants"
-                busy += proc.name().startswith(BUSY_WORKER)
+                busy += proc.name().startswith(BUSY_WORKERS)
             except psutil.Error:  # it exited between the listing and now
                 continue
             total += rss

@@ -10,6 +10,7 @@ datasource here: one read task per block.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterator
 from functools import partial
 from typing import Any, NamedTuple
@@ -105,4 +106,6 @@ def read_blocks(blocks: list[Block], fs: pafs.FileSystem, ray_remote_args: dict 
                 for block in blocks
             ]
 
-    return ray.data.read_datasource(BlockFiles(), override_num_blocks=len(blocks), ray_remote_args=ray_remote_args)
+    with warnings.catch_warnings():  # max_retries has no named parameter; Ray 2.60 deprecates the remote args anyway
+        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+        return ray.data.read_datasource(BlockFiles(), override_num_blocks=len(blocks), ray_remote_args=ray_remote_args)

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import weakref
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pytest
 
+import rdtf.pipeline.plan as plan
+from rdtf.pipeline.blocks import Block
 from rdtf.pipeline.clip import prepare
 from rdtf.pipeline.config import ClipConfig, PreprocessConfig
 from rdtf.pipeline.plan import COLUMN_TYPES, ROWS_AT_ONCE, map_stages, run_leg, split
@@ -112,10 +115,14 @@ class Recorder:
 
     def __init__(self) -> None:
         self.calls: list[dict[str, Any]] = []
+        self.context = SimpleNamespace(op_resource_reservation_enabled=True)
 
     def map_batches(self, fn: Any, **options: Any) -> Recorder:
         self.calls.append(options)
         return self
+
+    def iter_batches(self, **options: Any) -> list:
+        return []
 
 
 @pytest.mark.parametrize("clip", [False, True])
@@ -177,3 +184,20 @@ def test_a_task_holds_the_decoded_frames_of_a_few_rows_at_a_time():
     at_once = run_leg(table, [Decode(), Encode()], (), Sink(), schema)
     assert max(alive) == table.num_rows - 3  # at the last row: every earlier row's but two rejected ones'
     assert in_parts.equals(at_once) and in_parts["reject_reason"].null_count == table.num_rows - 2
+
+
+@pytest.mark.parametrize("clip", [False, True])
+def test_the_read_asks_for_what_the_first_leg_does_so_that_ray_data_fuses_them(clip, monkeypatch):
+    """Ray Data fuses a read into the tasks after it only when their remote args are equal; apart, the two took turns
+    on the CPUs. With one operator (no CLIP stage) the per-operator reservation is off: it held a CPU back."""
+    cfg = PreprocessConfig(clip=ClipConfig(model="rdtf-tiny-clip", weights="random") if clip else ClipConfig())
+    setup = prepare(cfg.clip)
+    stages = main_stages(cfg, setup.for_cluster(cpus=2, gpus=0) if setup else None)
+    dataset, read_args = Recorder(), []
+    monkeypatch.setattr(plan, "read_blocks", lambda blocks, fs, args: read_args.append(args) or dataset)
+    sink = ShardWriter(".", 256, "run")
+    list(plan.run_stages([Block("blocks.parquet", 0)], None, stages, INPUT_COLUMNS, sink, pa.schema([]), 10, 2))
+    first = dataset.calls[0]
+    assert read_args == [{key: first[key] for key in ("num_cpus", "memory", "max_retries")}]
+    assert read_args[0]["memory"] == 1024 * 2**20 + 10 * 16 * 256 * 256 * 3
+    assert dataset.context.op_resource_reservation_enabled is clip

@@ -114,10 +114,9 @@ def run_leg(
     `rows_at_once` rows go through the stages together (None: the whole block, as a model wants its batch); after
     the stages a row keeps only the columns that go on, so a task holds the decoded frames (and file bytes) of
     that many rows at a time, whatever the block's size."""
-    needed = {"source_uri", *STATUS_COLUMNS, *(c for s in stages for c in s.reads), *getattr(sink, "reads", ())}
-    needed |= set(schema.names if schema is not None else ())
-    going_on = {"source_uri", *STATUS_COLUMNS, *keep, *getattr(sink, "reads", ())}
-    going_on |= set(schema.names if schema is not None else ())
+    after = {"source_uri", *STATUS_COLUMNS, *getattr(sink, "reads", ()), *(schema.names if schema is not None else ())}
+    needed = after | {c for s in stages for c in s.reads}
+    going_on = after | set(keep)
     size = rows_at_once or max(table.num_rows, 1)
     batch: dict[str, list[Any]] = {}
     for begin in range(0, max(table.num_rows, 1), size):
@@ -171,10 +170,15 @@ def map_stages(
 
     A task reserves the memory its stages declare for a block of `rows_per_task` rows (0: the rows' share unknown);
     Ray retries a failed task or actor at most `max_retries` times."""
-    legs = split(stages, input_columns, tuple(getattr(sink, "reads", schema.names)))
+    legs = _legs(stages, input_columns, sink, schema)
     with warnings.catch_warnings():  # the deprecation below says nothing a user can act on
         warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
         return _map_legs(dataset, legs, sink, schema, rows_per_task, max_retries)
+
+
+def _legs(stages: list[Stage], input_columns: tuple[str, ...], sink: Any, schema: pa.Schema) -> list[Leg]:
+    """The chain's legs; the last one hands the sink what it reads, or `schema`'s columns when there is no sink."""
+    return split(stages, input_columns, tuple(getattr(sink, "reads", schema.names)))
 
 
 def _memory(leg: Leg, rows_per_task: int) -> int | None:
@@ -236,7 +240,7 @@ def run_stages(
     Ray Data, one block per task; yield the last leg's output (`schema`) as blocks finish."""
     if not blocks:
         return
-    legs = split(stages, input_columns, tuple(getattr(sink, "reads", schema.names)))
+    legs = _legs(stages, input_columns, sink, schema)
     # Read with the first leg's remote args, so that Ray Data fuses the read into that leg's tasks: apart, the read
     # tasks and the leg's took turns on the CPUs (10 blocks of 0.5 s on 2 CPUs: 6.0 s apart, 3.6 s fused).
     first = legs[0]

@@ -1,12 +1,13 @@
 """Does DFGN use its given frames? The diagnosis of issue 15, as a repeatable experiment.
 
 The tiny DFGN is trained directly (plain AdamW, no DeepSpeed, no data pipeline) on procedural clips -- a square that
-slides over a flat background, random colours and sizes -- on the interpolation task only, in three variants:
+slides over a flat background, random colours and sizes -- on the interpolation task only, in four variants:
 
     before      the condition encoder as it was before issue 15 (no identity path: convs and attention at their
                 default initialisation) and epsilon prediction (the paper's);
     identity    rdtf's condition encoder (c + a learned part that starts at zero), epsilon prediction;
-    identity-v  rdtf's condition encoder and v prediction (the tiny preset's setting).
+    identity-v  rdtf's condition encoder and v prediction;
+    anchored-v  as identity-v, with the nearest-given anchor (`diffusion.anchor: nearest_given`, the tiny preset's).
 
 Every --every steps it reports, on fixed held-out clips, noise and timesteps, the error of the model's estimate of the
 clean generated frames (x0, comparable across epsilon and v) at t = 100, 500, 800, with the given frames supplied
@@ -31,10 +32,10 @@ if str(REPO) not in sys.path:
 
 from rdtf.trainer.config import DiffusionConfig  # noqa: E402
 from rdtf.trainer.dfgn import DFGN, read_model_config  # noqa: E402
-from rdtf.trainer.diffusion import train_scheduler, training_target  # noqa: E402
+from rdtf.trainer.diffusion import predict, train_scheduler, training_target  # noqa: E402
 from rdtf.trainer.masks import condition_mask, masked_mse  # noqa: E402
 
-VARIANTS = ("before", "identity", "identity-v")
+VARIANTS = ("before", "identity", "identity-v", "anchored-v")
 TIMESTEPS = (100, 500, 800)
 
 
@@ -66,12 +67,13 @@ def clips(count: int, size: int, generator: torch.Generator) -> torch.Tensor:
     return x
 
 
-def x0_error(model, scheduler, z, given, timestep: int, noise, zero_condition: bool) -> float:
+def x0_error(model, scheduler, anchor: str, z, given, timestep: int, noise, zero_condition: bool) -> float:
     """MSE of the clean-clip estimate on the frames that were not given."""
     t = torch.full((len(z),), timestep)
     condition = torch.zeros_like(z) if zero_condition else z * given[:, None, :, None, None]
     noisy = scheduler.add_noise(z, noise, t)
-    out = model(noisy, t, torch.zeros(len(z), 77, model.config.cross_attention_dim), condition)
+    text = torch.zeros(len(z), 77, model.config.cross_attention_dim)
+    out = predict(model, scheduler, anchor, noisy, t, text, condition)
     a = scheduler.alphas_cumprod[t][:, None, None, None, None]
     if scheduler.config.prediction_type == "epsilon":
         x0 = (noisy - (1 - a).sqrt() * out) / a.sqrt()
@@ -86,7 +88,8 @@ def run(variant: str, args: argparse.Namespace) -> None:
     model = DFGN(**config)
     if variant == "before":
         model.condition_encoder = EncoderBefore(model.condition_encoder)
-    prediction = "v_prediction" if variant == "identity-v" else "epsilon"
+    prediction = "v_prediction" if variant.endswith("-v") else "epsilon"
+    anchor = "nearest_given" if variant == "anchored-v" else "none"
     scheduler = train_scheduler(DiffusionConfig(prediction_type=prediction))
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-2)
     data = torch.Generator().manual_seed(args.seed)
@@ -102,7 +105,8 @@ def run(variant: str, args: argparse.Namespace) -> None:
                 cells = []
                 for t in TIMESTEPS:
                     with_c, without = (
-                        x0_error(model, scheduler, test_z, test_given, t, test_noise, zero) for zero in (False, True)
+                        x0_error(model, scheduler, anchor, test_z, test_given, t, test_noise, zero)
+                        for zero in (False, True)
                     )
                     cells.append(f"t={t} {with_c:.3f} / {without:.3f}")
             print(f"{variant:10s} step {step:4d}  x0 error, given / zeroed: " + "  ".join(cells)
@@ -113,7 +117,9 @@ def run(variant: str, args: argparse.Namespace) -> None:
         t = torch.randint(0, 1000, (args.batch,), generator=data)
         noise = torch.randn(z.shape, generator=data)
         condition = z * given[:, None, :, None, None]
-        out = model(scheduler.add_noise(z, noise, t), t, torch.zeros(args.batch, 77, 64), condition)
+        out = predict(
+            model, scheduler, anchor, scheduler.add_noise(z, noise, t), t, torch.zeros(args.batch, 77, 64), condition
+        )
         loss = masked_mse(out, training_target(scheduler, z, noise, t), torch.ones(args.batch, 8))
         optimizer.zero_grad()
         loss.backward()

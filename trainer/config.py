@@ -70,6 +70,10 @@ class DiffusionConfig:
     # What the model predicts: the noise (paper) or v = sqrt(a) * noise - sqrt(1 - a) * x0, which weighs errors of
     # the clean clip at high noise, where a clip's content is decided, about as much as at low noise (docs/learning.md)
     prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
+    # What the clean-clip estimate starts from where frames are given: "none" (the paper: the network alone), or
+    # "nearest_given": the estimate gains (1 - a_t) times each frame's nearest given frame, so at high noise a frame
+    # starts as a copy of its given neighbour and the network learns what changes (docs/learning.md)
+    anchor: Literal["none", "nearest_given"] = "none"
     sample_steps: int = 50  # DDIM steps at sampling time
     eta: float = 1.0  # DDIM eta (paper: 1.0)
     text_scale: float = 7.5  # classifier-free guidance on the text

@@ -37,7 +37,7 @@ from rdtf.trainer.clip_similarity import check_weights as check_clip_weights
 from rdtf.trainer.config import TrainConfig
 from rdtf.trainer.data import READ_COLUMNS, Batch, collate, decode_clip
 from rdtf.trainer.dfgn import DFGN
-from rdtf.trainer.diffusion import generate, sample_scheduler, train_scheduler, training_target
+from rdtf.trainer.diffusion import generate, predict, sample_scheduler, train_scheduler, training_target
 from rdtf.trainer.fvd import FeatureStats, fvd
 from rdtf.trainer.i3d import INPUT_SIZE, NUM_CLASSES, i3d_features, load_i3d
 from rdtf.trainer.i3d import check_weights as check_i3d_weights
@@ -341,7 +341,15 @@ class _Scorer:
         for r in range(draws):
             noisy = self.noise_scheduler.add_noise(z, eps_all[:, r], t_all[:, r])
             y = training_target(self.noise_scheduler, z, eps_all[:, r], t_all[:, r])
-            y_hat = self.model(noisy.to(self.dtype), t_all[:, r], text.to(self.dtype), c.to(self.dtype)).float()
+            y_hat = predict(
+                self.model,
+                self.noise_scheduler,
+                self.cfg.diffusion.anchor,
+                noisy.to(self.dtype),
+                t_all[:, r],
+                text.to(self.dtype),
+                c.to(self.dtype),
+            )
             for i in range(len(batch)):
                 losses[i] += masked_mse(y_hat[i : i + 1], y[i : i + 1], scored[i : i + 1]) / draws
         return losses.tolist()

@@ -39,7 +39,7 @@ from rdtf.trainer.config import TrainConfig, upgrade_saved
 from rdtf.trainer.curriculum import Curriculum
 from rdtf.trainer.data import Batch, ClipLoader, ParquetRows
 from rdtf.trainer.dfgn import DFGN
-from rdtf.trainer.diffusion import generate, sample_scheduler, train_scheduler, training_target
+from rdtf.trainer.diffusion import generate, predict, sample_scheduler, train_scheduler, training_target
 from rdtf.trainer.evaluate import check_training_eval, training_scalars
 from rdtf.trainer.export import export_pipeline
 from rdtf.trainer.latents import load_codec
@@ -324,9 +324,9 @@ def training_loss(
     eps = torch.randn(z.shape, generator=generator).to(device)
     t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (b,), generator=generator).to(device)
     noisy = noise_scheduler.add_noise(z, eps, t)
-    # 5. predict the noise (or v)
+    # 5. predict the noise (or v), with the anchor if the run has one
     y = training_target(noise_scheduler, z, eps, t)
-    y_hat = model(noisy.to(dtype), t, text.to(dtype), c.to(dtype)).float()
+    y_hat = predict(model, noise_scheduler, cfg.diffusion.anchor, noisy.to(dtype), t, text.to(dtype), c.to(dtype))
     # 6. the loss mask: padded frames never count (with the dual masks, the default)
     loss = masked_mse(y_hat, y, m_loss, cfg.run.loss_normalize)
     with torch.no_grad():

@@ -10,7 +10,7 @@ from PIL import Image
 
 from rdtf.schemas.config import ConfigError, from_dict
 from rdtf.trainer.config import DiffusionConfig, LatentConfig, TextConfig, TrainConfig
-from rdtf.trainer.diffusion import generate, guided_noise, sample_scheduler, train_scheduler
+from rdtf.trainer.diffusion import generate, guided_noise, nearest_given, predict, sample_scheduler, train_scheduler
 from rdtf.trainer.latents import PixelCodec, VaeCodec, load_codec
 from rdtf.trainer.media import clip_to_frames, frames_to_clip, read_frames, read_image, write_gif
 from rdtf.trainer.text import MASK_TOKEN_ID, TextEncoder
@@ -149,6 +149,8 @@ def test_train_config_errors_name_the_key():
         from_dict(TrainConfig, {"model": {"x": 1}, "engine": {"zero": 2}})
     with pytest.raises(ConfigError, match="'model'"):
         TrainConfig()
+    with pytest.raises(ConfigError, match="diffusion.anchor"):
+        from_dict(TrainConfig, {"model": {"x": 1}, "diffusion": {"anchor": "nearest"}})
     with pytest.raises(ConfigError, match="optim.ema_decay"):
         from_dict(TrainConfig, {"model": {"x": 1}, "optim": {"ema_decay": 0.99}, "engine": {"zero_stage": 3}})
 
@@ -210,3 +212,39 @@ def test_guidance_of_scale_one_is_one_forward_pass():
     assert len(calls) == 1
     # the same as the three-pass formula with both scales 1: e(txt, img) = 3
     assert torch.allclose(once, torch.full_like(sample, 3.0))
+
+
+def test_each_frame_is_anchored_on_its_nearest_given_frame():
+    values = torch.arange(1, 9, dtype=torch.float32)[None, None, :, None, None].expand(3, 2, 8, 2, 2)
+    given = torch.zeros(3, 8)
+    given[0, 0::2] = 1  # interpolation: a tie between two neighbours goes to the earlier
+    given[1, 4:] = 1  # pre-frame prediction: the first four frames copy frame 4
+    anchor = nearest_given(values * given[:, None, :, None, None])
+    assert anchor[0, 0, :, 0, 0].tolist() == [1, 1, 3, 3, 5, 5, 7, 7]
+    assert anchor[1, 0, :, 0, 0].tolist() == [5, 5, 5, 5, 5, 6, 7, 8]
+    assert anchor[2].abs().max() == 0  # nothing given: no anchor
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_the_anchor_adds_its_share_to_the_clean_estimate(prediction_type):
+    """The clean-clip estimate with the anchor is the model's own plus (1 - a) * anchor, for either prediction type
+    (a random model; the anchor here is frame 0 for every frame)."""
+    scheduler = train_scheduler(DiffusionConfig(prediction_type=prediction_type))
+    condition = torch.zeros(2, 3, 8, 4, 4)
+    condition[:, :, 0] = torch.rand(2, 3, 4, 4) * 2 - 1  # image-to-video: every frame's anchor is frame 0
+    sample, t = torch.randn(2, 3, 8, 4, 4), torch.tensor([50, 900])
+    text = torch.zeros(2, 5, 4)
+    a = scheduler.alphas_cumprod[t][:, None, None, None, None]
+
+    def clean(anchor: str) -> torch.Tensor:
+        out = predict(_Linear(), scheduler, anchor, sample, t, text, condition)
+        if prediction_type == "v_prediction":
+            return a.sqrt() * sample - (1 - a).sqrt() * out
+        return (sample - (1 - a).sqrt() * out) / a.sqrt()
+
+    torch.testing.assert_close(
+        predict(_Linear(), scheduler, "none", sample, t, text, condition), _Linear()(sample, t, text, condition)
+    )
+    torch.testing.assert_close(
+        clean("nearest_given") - clean("none"), (1 - a) * condition[:, :, :1].expand_as(sample), atol=1e-5, rtol=1e-4
+    )

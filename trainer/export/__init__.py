@@ -1,6 +1,6 @@
 """`rdtf export`: a run's weights as a diffusers pipeline folder that loads without rdtf.
 
-    PIPELINE_DIR/model_index.json         the components, and the run's resolution, DDIM steps, guidance and eta
+    PIPELINE_DIR/model_index.json         the components, and the run's resolution, DDIM steps, guidance, eta, anchor
     PIPELINE_DIR/pipeline_rdtf.py         RDTFPipeline (this package's pipeline_rdtf.py, copied)
     PIPELINE_DIR/unet/                    DFGN's config and weights, and modeling_dfgn.py: DFGN's code, generated from
                                           trainer/sti.py and trainer/dfgn.py (and the two config helpers they use)
@@ -105,6 +105,7 @@ def export_pipeline(run_dir: str, out: str, step: str | None = None, use_ema: bo
             "text_scale": cfg.diffusion.text_scale,
             "image_scale": cfg.diffusion.image_scale,
             "eta": cfg.diffusion.eta,
+            "anchor": cfg.diffusion.anchor,
         }
         Path(staging, "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
         source = {"run_dir": os.path.abspath(run_dir), "weights": os.path.relpath(weights, run_dir)}

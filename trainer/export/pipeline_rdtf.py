@@ -64,12 +64,24 @@ def _video_frames(video: str | PIL.Image.Image | list[PIL.Image.Image], size: in
     return np.stack([frames[i] for i in picks])
 
 
+def _nearest_given(condition: torch.Tensor) -> torch.Tensor:
+    """Each frame of the condition latent (b, c, f, h, w) replaced by its nearest given (not all-zero) frame, the
+    earlier on a tie; zeros in a clip with nothing given (rdtf's trainer/diffusion.py `nearest_given`)."""
+    b, _, f = condition.shape[:3]
+    given = condition.flatten(3).abs().amax(dim=(1, 3)) > 0
+    positions = torch.arange(f, device=condition.device)
+    cost = (positions[:, None] - positions[None, :]).abs() + positions[None, :] / (2 * f)
+    nearest = cost.expand(b, f, f).masked_fill(~given[:, None, :], torch.inf).argmin(dim=2)
+    anchor = condition.gather(2, nearest[:, None, :, None, None].expand_as(condition))
+    return anchor * given.any(dim=1).to(anchor.dtype)[:, None, None, None, None]
+
+
 class RDTFPipeline(DiffusionPipeline):
     """Animated stickers (8 frames) from text, an image, or the frames of an animation, with a DFGN denoiser.
 
     Components: unet (DFGN), scheduler (DDIM, the run's noise schedule), text_encoder (the run's frozen open_clip text
     tower), vae (an AutoencoderKL; None when the run diffused in pixel space, where the latent is the clip itself).
-    Settings from the run: resolution (pixels), num_inference_steps, text_scale, image_scale, eta.
+    Settings from the run: resolution (pixels), num_inference_steps, text_scale, image_scale, eta, anchor.
     """
 
     _optional_components = ["vae"]
@@ -86,6 +98,7 @@ class RDTFPipeline(DiffusionPipeline):
         text_scale: float = 7.5,
         image_scale: float = 7.5,
         eta: float = 1.0,
+        anchor: str = "none",
     ) -> None:
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler, text_encoder=text_encoder, vae=vae)
@@ -95,6 +108,7 @@ class RDTFPipeline(DiffusionPipeline):
             text_scale=text_scale,
             image_scale=image_scale,
             eta=eta,
+            anchor=anchor,
         )
 
     def given_frames(self, task: str, image: Any, video: Any) -> np.ndarray:
@@ -131,6 +145,18 @@ class RDTFPipeline(DiffusionPipeline):
         clips = self.vae.decode(frames).sample
         return clips.reshape(b, f, *clips.shape[1:]).transpose(1, 2).clamp(-1, 1)
 
+    def predict(
+        self, sample: torch.Tensor, timestep: torch.Tensor, text: torch.Tensor, condition: torch.Tensor
+    ) -> torch.Tensor:
+        """The unet's prediction, plus with anchor "nearest_given" the term that adds (1 - a_t) times each frame's
+        nearest given frame to the clean-clip estimate (rdtf's trainer/diffusion.py `predict`)."""
+        out = self.unet(sample, timestep, text, condition).float()
+        if self.config.anchor == "none":
+            return out
+        a = self.scheduler.alphas_cumprod.to(out.device)[timestep.long()].float()[:, None, None, None, None]
+        v = self.scheduler.config.prediction_type == "v_prediction"
+        return out - ((1 - a).sqrt() if v else (a * (1 - a)).sqrt()) * _nearest_given(condition.float())
+
     def guided_noise(
         self,
         sample: torch.Tensor,
@@ -148,7 +174,7 @@ class RDTFPipeline(DiffusionPipeline):
         if (not use_image or image_scale == 1) and (not use_text or text_scale == 1):
             # every guidance term has weight 1: the sum is the conditional prediction, one forward pass
             text_in, image_in = (text if use_text else no_text), (condition if use_image else no_image)
-            return self.unet(sample, timestep, text_in, image_in).float()
+            return self.predict(sample, timestep, text_in, image_in)
         texts, images = [no_text], [no_image]
         if use_image:
             texts.append(no_text)
@@ -157,8 +183,8 @@ class RDTFPipeline(DiffusionPipeline):
             texts.append(text)
             images.append(condition if use_image else no_image)
         n = len(texts)
-        out = self.unet(sample.repeat(n, 1, 1, 1, 1), timestep.repeat(n), torch.cat(texts), torch.cat(images))
-        chunks = out.float().split(sample.shape[0])
+        out = self.predict(sample.repeat(n, 1, 1, 1, 1), timestep.repeat(n), torch.cat(texts), torch.cat(images))
+        chunks = out.split(sample.shape[0])
         noise = chunks[0]
         if use_image:
             noise = noise + image_scale * (chunks[1] - chunks[0])

@@ -57,7 +57,8 @@ def preprocess(manifest: Path, out: Path, log: Path, flags: list[str] | None = N
 
 def split(full: Path, parts: dict[str, Path], rule: Callable[[dict], str], rule_text: str) -> dict[str, int]:
     """Write one dataset per part name of `parts`, each row going to the part `rule(row)` names (row: sample_id and
-    caption); file by file, so only one source file is in memory. Row counts per part."""
+    caption); file by file, so only one source file is in memory. Every part but "train" is then rewritten as one
+    file in sample_id order (held-out parts are small). Row counts per part."""
     import pyarrow as pa
     import pyarrow.dataset as pads
     import pyarrow.parquet as pq
@@ -81,6 +82,16 @@ def split(full: Path, parts: dict[str, Path], rule: Callable[[dict], str], rule_
                 pq.write_table(rows, str(root / DATA_DIR / Path(path).name))
                 counts[name] += rows.num_rows
     for name, root in parts.items():
+        if name != "train":  # a held-out part, small: one file in sample_id order, so that "the first N clips"
+            # scored are the same clips in every run (the pipeline's shards hold rows in the order tasks finished)
+            files = sorted((root / DATA_DIR).glob("*.parquet"))
+            if files:
+                table = pa.concat_tables(pq.read_table(f) for f in files).sort_by("sample_id")
+                for f in files:
+                    f.unlink()
+                pq.write_table(
+                    table.replace_schema_metadata(SAMPLE_SCHEMA.metadata), str(root / DATA_DIR / files[0].name)
+                )
         card = source.card | {
             "counts": {"rows": counts[name]},
             "split": {"of": str(full), "part": name, "rule": rule_text},

@@ -32,7 +32,7 @@ from rdtf.trainer.config import TrainConfig, upgrade_saved
 from rdtf.trainer.curriculum import TASK_GROUP, Curriculum, CurriculumConfig
 from rdtf.trainer.data import Batch
 from rdtf.trainer.dfgn import DFGN
-from rdtf.trainer.diffusion import train_scheduler, training_target
+from rdtf.trainer.diffusion import predict, train_scheduler, training_target
 from rdtf.trainer.export import standalone_dfgn_source
 from rdtf.trainer.latents import PixelCodec
 from rdtf.trainer.masks import SINGLE_TASK, masked_mse, single_task_masks, trained_tasks
@@ -169,12 +169,14 @@ def test_dual_masks_off_give_the_first_frame_and_take_the_loss_over_every_frame(
         assert given[:, 0].all() and given[1, 1:4].all() and not given[0, 3:].any()
     else:
         assert given[:, 0].all() and not given[:, 1:].any()
-    # the zero model's loss: the mean square target over the loss mask's frames (eps from x_t, z and a_t)
+    # the zero model's loss over the loss mask's frames (eps from x_t, z and a_t); its prediction is zero plus the
+    # preset's anchor term
     alpha = scheduler.alphas_cumprod[model.timestep][:, None, None, None, None]
     eps = (model.sample - alpha.sqrt() * batch.frames) / (1 - alpha).sqrt()
     target = training_target(scheduler, batch.frames, eps, model.timestep)
     frames = torch.ones(2, 8) if not dual else (torch.arange(8)[None, :] < batch.num_valid[:, None]).float()
-    assert float(loss) == pytest.approx(float(masked_mse(torch.zeros_like(target), target, frames)), rel=1e-3)
+    y_hat = predict(_ZeroModel(), scheduler, cfg.diffusion.anchor, model.sample, model.timestep, None, model.condition)
+    assert float(loss) == pytest.approx(float(masked_mse(y_hat, target, frames)), rel=1e-3)
 
 
 # Task curriculum.
@@ -256,7 +258,7 @@ BEFORE = [
 
 
 def test_the_first_training_steps_at_the_defaults_are_as_before() -> None:
-    cfg = _tiny()
+    cfg = _tiny(**{"diffusion.anchor": "none"})  # BEFORE was recorded without the anchor (the preset's since)
     text = TextEncoder(cfg.text)
     model, batch, scheduler = _model(cfg, text.width), _batch(), train_scheduler(cfg.diffusion)
     curriculum = Curriculum(cfg.curriculum, cfg.run.seed, trained_tasks(cfg.run.dual_masks))

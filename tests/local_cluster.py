@@ -9,6 +9,7 @@ ends them when it gets SIGTERM; whatever is left in its session is killed after 
 from __future__ import annotations
 
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -25,22 +26,46 @@ READY_TIMEOUT_S = 120.0  # a node takes about 6 s here; generous for a loaded ma
 STOP_TIMEOUT_S = 20.0  # a graceful stop; what is left after it is killed with its session
 
 
+# Ports for the nodes come from between Ray's worker ports (10002-19999) and the kernel's ephemeral range (32768 and
+# up): no outgoing connection or worker can take one between its choice here and the node binding it.
+PORT_RANGE = (20000, 32767)
+NODE_PORT_FLAGS = (
+    "node-manager-port",
+    "object-manager-port",
+    "metrics-export-port",
+    "dashboard-agent-listen-port",
+    "dashboard-agent-grpc-port",
+    "runtime-env-agent-port",
+)
+
+
 def free_port() -> int:
+    """One port nothing listens on (the kernel's choice): for a test that needs an address with no server."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def _node_ports() -> list[str]:
-    names = (
-        "node-manager-port",
-        "object-manager-port",
-        "metrics-export-port",
-        "dashboard-agent-listen-port",
-        "dashboard-agent-grpc-port",
-        "runtime-env-agent-port",
-    )
-    return [f"--{name}={free_port()}" for name in names]
+def free_ports(count: int) -> list[int]:
+    """`count` distinct ports free now, each checked by binding it; all are held until all are chosen, so no two
+    are the same (choosing them one at a time gave the same port twice, and Ray refused to start)."""
+    held: dict[int, socket.socket] = {}
+    try:
+        while len(held) < count:
+            port = random.randint(*PORT_RANGE)
+            if port in held:
+                continue
+            s = socket.socket()
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                s.close()
+                continue
+            held[port] = s
+        return list(held)
+    finally:
+        for s in held.values():
+            s.close()
 
 
 @dataclass
@@ -62,7 +87,7 @@ class LocalCluster:
         """The environment a client needs to talk to this cluster."""
         return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token}
 
-    def _start(self, args: list[str], log_name: str, temp_dir: str) -> subprocess.Popen:
+    def _start(self, args: list[str], ports: list[int], log_name: str, temp_dir: str) -> subprocess.Popen:
         env = os.environ | {"RAY_USAGE_STATS_ENABLED": "0"} | self.auth_env | self.env
         # The nodes run this interpreter's environment: jobs call `python`, which must be this venv's.
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
@@ -75,7 +100,13 @@ class LocalCluster:
         ]
         log = open(os.path.join(self.temp_dir, log_name), "w")  # noqa: SIM115 -- closed with the process
         process = subprocess.Popen(
-            [str(RAY), "start", *args, *common, *_node_ports()],
+            [
+                str(RAY),
+                "start",
+                *args,
+                *common,
+                *(f"--{flag}={p}" for flag, p in zip(NODE_PORT_FLAGS, ports, strict=True)),
+            ],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -86,7 +117,9 @@ class LocalCluster:
 
     def start(self) -> LocalCluster:
         self.temp_dir = tempfile.mkdtemp(prefix="rdtf-rc-", dir="/tmp")  # short: socket paths < 107 chars
-        port, dashboard = free_port(), free_port()
+        # Every port of both nodes chosen at once, so that none is chosen twice.
+        port, dashboard, client, *node_ports = free_ports(3 + 2 * len(NODE_PORT_FLAGS))
+        head_ports, worker_ports = node_ports[: len(NODE_PORT_FLAGS)], node_ports[len(NODE_PORT_FLAGS) :]
         self.gcs, self.address = f"127.0.0.1:{port}", f"http://127.0.0.1:{dashboard}"
         self._start(
             [
@@ -96,8 +129,9 @@ class LocalCluster:
                 "--include-dashboard=true",
                 "--dashboard-host=127.0.0.1",
                 f"--dashboard-port={dashboard}",
-                f"--ray-client-server-port={free_port()}",
+                f"--ray-client-server-port={client}",
             ],
+            head_ports,
             "head.log",
             self.temp_dir,
         )
@@ -106,7 +140,7 @@ class LocalCluster:
         # each other's unpacked job files, such as a running job's working_dir.
         worker_dir = os.path.join(self.temp_dir, "w")
         os.mkdir(worker_dir)
-        self._start([f"--address={self.gcs}", "--node-ip-address=127.0.0.1"], "worker.log", worker_dir)
+        self._start([f"--address={self.gcs}", "--node-ip-address=127.0.0.1"], worker_ports, "worker.log", worker_dir)
         self._wait_for_nodes(2)
         return self
 

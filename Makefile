@@ -35,7 +35,7 @@ demo: $(STAMP)
 	$(BIN)/rdtf demo --out demo_out $(if $(INPUT),--input $(INPUT),)
 
 test: $(STAMP) browser
-	$(BIN)/python -m pytest -q --durations=20 tests
+	$(BIN)/python -m pytest -q -n 2 --durations=20 tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

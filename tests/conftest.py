@@ -1,5 +1,5 @@
 """Shared fixtures: the real sticker corpus (../shared, never copied here), a private Ray temp dir per test, and a
-local S3 server."""
+local S3 server; and the split of the suite between two pytest-xdist workers."""
 
 from __future__ import annotations
 
@@ -18,6 +18,32 @@ from s3_server import S3Server
 
 REPO = Path(__file__).resolve().parent.parent
 STICKERS = REPO.parent / "shared" / "data" / "stickers"
+
+# `make test` runs the suite on two pytest-xdist workers (`-n 2`): the tests under these paths, which never start
+# Ray, on one; every other test on the other, one after another, so that no two Rays run at once (two local Rays can
+# take the same default port, and then one does not start). A module joins this list only if no test in it starts
+# Ray, directly or through `rdtf preprocess`, `rdtf demo` or a cluster.
+WITHOUT_RAY = (
+    "tests/trainer/",
+    "tests/schemas/",
+    "tests/jobs/test_eval.py",
+    "tests/jobs/test_train_lock.py",
+    "tests/test_object_store_train.py",
+)
+
+
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist: without it (or without -n) the suite runs in one process
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    """xdist's scope scheduling (each scope runs whole on one worker) with two scopes: with and without Ray.
+
+    Not `--dist loadgroup` with xdist_group marks: with pytest 9.2 it silently stops grouping (pytest-xdist #1386)."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class RayApart(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return "without_ray" if nodeid.startswith(WITHOUT_RAY) else "ray"
+
+    return RayApart(config, log)
 
 
 @pytest.fixture(scope="session")

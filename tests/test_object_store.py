@@ -1,6 +1,7 @@
-"""rdtf on an object store, end to end against a local S3 server (moto, started by the `s3_server` fixture): preprocess
-to s3://, read it back, resume without duplicates, query and stats; train two steps into an s3:// run folder and
-resume it to four. The endpoint reaches every process through AWS_ENDPOINT_URL, as for any pyarrow or AWS user."""
+"""rdtf preprocessing on an object store, end to end against a local S3 server (moto, started by the `s3_server`
+fixture): preprocess to s3://, read it back, resume without duplicates, query and stats. The endpoint reaches every
+process through AWS_ENDPOINT_URL, as for any pyarrow or AWS user. Training on and into s3://:
+test_object_store_train.py."""
 
 from __future__ import annotations
 
@@ -13,22 +14,15 @@ import tempfile
 from pathlib import Path
 
 import pyarrow.compute as pc
-import pyarrow.fs as pafs
 import pytest
 from conftest import REPO
 from s3_server import S3Server
 
 import rdtf
-from rdtf.schemas.layout import resolve
-from rdtf.trainer import checkpoint
-from rdtf.trainer.run_store import RunStore
 
 pytestmark = pytest.mark.slow
 
 STICKERS = 6
-TINY = str(REPO / "configs" / "tiny.yaml")
-FAST = ["--set", "data.shuffle_buffer=4", "--set", "run.log_every=1", "--micro-batch", "2"]
-FAST += ["--set", "run.sample_every=2", "--set", "diffusion.sample_steps=2", "--set", "optim.ema_decay=0.9"]
 
 
 @pytest.fixture
@@ -44,12 +38,6 @@ def rdtf_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, f"rdtf {' '.join(args)} failed:\n{done.stdout}\n{done.stderr[-3000:]}"
     return done
-
-
-def read_text(uri: str) -> str:
-    fs, path = resolve(uri)
-    with fs.open_input_stream(path) as f:
-        return f.read().decode()
 
 
 @pytest.fixture(scope="module")
@@ -97,93 +85,3 @@ def test_preprocess_to_s3_reads_back_resumes_and_answers_queries(s3_dataset, s3_
     rdtf_cli(s3_env, "query", out, "SELECT count(*) AS n FROM stickers", "--format", "json", "--output", str(answer))
     assert json.loads(answer.read_text()) == {"n": STICKERS}
     assert "rejects by reason" in rdtf_cli(s3_env, "stats", out).stdout
-
-
-def test_train_into_s3_and_resume(s3_server, s3_dataset, s3_env):
-    data = s3_dataset[0]
-    run = f"s3://{s3_server.bucket}/runs/r1"
-    train = ["train", "--config", TINY, "--data", data, "--out", run, *FAST]
-
-    first = rdtf_cli(s3_env, *train, "--steps", "2").stdout
-    assert "trained steps 0 -> 2" in first
-    fs, root = resolve(run)
-    assert read_text(f"{run}/checkpoints/latest").strip() == "step-00000002"
-    saved = {i.path.removeprefix(root + "/") for i in fs.get_file_info(pafs.FileSelector(root, recursive=True))}
-    assert {"config.json", "metrics.jsonl", "samples/step-00000002.gif"} <= saved
-    assert "checkpoints/step-00000002/trainer_state-rank0.pt" in saved
-    assert "checkpoints/step-00000002/ema/diffusion_pytorch_model.safetensors" in saved
-    assert any(name.startswith("tb/events.out.tfevents") for name in saved)
-    assert json.loads(read_text(f"{run}/config.json"))["data"] == data
-
-    second = rdtf_cli(s3_env, *train, "--steps", "4").stdout
-    assert "trained steps 2 -> 4 (resumed from step 2)" in second
-    assert read_text(f"{run}/checkpoints/latest").strip() == "step-00000004"
-    steps = [json.loads(line)["step"] for line in read_text(f"{run}/metrics.jsonl").splitlines()]
-    assert steps == [1, 2, 3, 4]
-    # the staging folders are gone: nothing of the run stays on the local disk
-    assert not os.path.exists(RunStore.staging_folder(run, rank=0))
-
-
-def test_two_processes_train_into_s3_and_resume(s3_server, s3_dataset, s3_env):
-    """Under DeepSpeed's launcher each rank uploads its own ZeRO shard and state, and each downloads the whole
-    checkpoint to resume."""
-    run = f"s3://{s3_server.bucket}/runs/two"
-    launch = ["launch", "train", "--config", TINY, "--data", s3_dataset[0], "--out", run, "--num-gpus", "2"]
-    launch += ["--set", "data.shuffle_buffer=4", "--set", "optim.micro_batch=1"]
-    env = s3_env | {"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
-    assert "trained steps 0 -> 1" in rdtf_cli(env, *launch, "--steps", "1").stdout
-    fs, root = resolve(f"{run}/checkpoints/step-00000001")
-    saved = {info.base_name for info in fs.get_file_info(pafs.FileSelector(root))}
-    assert {"trainer_state-rank0.pt", "trainer_state-rank1.pt"} <= saved
-    assert {f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in (0, 1)} <= saved
-    assert "trained steps 1 -> 2 (resumed from step 1)" in rdtf_cli(env, *launch, "--steps", "2").stdout
-    assert read_text(f"{run}/checkpoints/latest").strip() == "step-00000002"
-    assert not any(os.path.exists(RunStore.staging_folder(run, rank)) for rank in (0, 1))
-    fs, root = resolve(run)
-    assert fs.get_file_info(f"{root}/_lock.json").type == pafs.FileType.NotFound  # released at the end
-
-
-def test_an_out_that_cannot_be_written_or_names_an_endpoint_is_one_line(s3_server, s3_dataset, s3_env):
-    train = ["-m", "rdtf.jobs.cli", "train", "--config", TINY, "--data", s3_dataset[0], "--steps", "1", "--out"]
-    for out, expected in (
-        ("s3://no-such-bucket/run", "--out s3://no-such-bucket/run: cannot write there"),
-        (f"s3://{s3_server.bucket}/run?endpoint_override=10.0.0.1", "may not carry a query string"),
-    ):
-        done = subprocess.run([sys.executable, *train, out], cwd=REPO, env=s3_env, capture_output=True, text=True)
-        assert done.returncode == 2 and expected in done.stderr and "Traceback" not in done.stderr
-
-
-def test_run_store_copies_files_and_folders_both_ways(s3_server, s3_env, tmp_path):
-    store = RunStore.open(f"s3://{s3_server.bucket}/runs/store", rank=3)
-    try:
-        os.makedirs(store.path(checkpoint.CHECKPOINTS, "step-00000001"))
-        with open(store.path(checkpoint.CHECKPOINTS, "step-00000001", "a.pt"), "w") as f:
-            f.write("weights")
-        store.push(f"{checkpoint.CHECKPOINTS}/step-00000001", drop_local=True)
-        assert not os.path.exists(store.path(checkpoint.CHECKPOINTS, "step-00000001"))
-        assert store.names(checkpoint.CHECKPOINTS) == ["step-00000001"]
-        assert store.pull(f"{checkpoint.CHECKPOINTS}/step-00000001")
-        with open(store.path(checkpoint.CHECKPOINTS, "step-00000001", "a.pt")) as f:
-            assert f.read() == "weights"
-        assert not store.pull("missing.json")
-        store.remove(f"{checkpoint.CHECKPOINTS}/step-00000001")
-        assert store.names(checkpoint.CHECKPOINTS) == []
-    finally:
-        store.close()
-    assert not os.path.exists(store.local)
-    local = RunStore.open(str(tmp_path / "run"))
-    assert local.local == str(tmp_path / "run") and not local.remote
-    with pytest.raises(ValueError, match="RunStore.open"):
-        RunStore.of(f"s3://{s3_server.bucket}/runs/store")  # would share a process's staging folder
-
-
-def test_per_checkpoint_exports_and_evaluations_need_a_local_run_folder() -> None:
-    from rdtf.schemas.config import ConfigError, load
-    from rdtf.trainer.config import TrainConfig
-    from rdtf.trainer.train import check_store_supports
-
-    cfg = load(TrainConfig, TINY, {"run.export_every_checkpoint": True})
-    check_store_supports(cfg, "/runs/r1")  # local and file:// folders are fine
-    check_store_supports(cfg, "file:///runs/r1")
-    with pytest.raises(ConfigError, match="run.export_every_checkpoint' needs a run folder on a local"):
-        check_store_supports(cfg, "s3://bucket/run")

@@ -25,7 +25,7 @@ from pathlib import Path
 RAY = Path(sys.executable).parent / "ray"
 READY_TIMEOUT_S = 120.0  # a node takes about 6 s here; generous for a loaded machine
 # A graceful stop: an idle node ends in about 2 s here; after a Ray Train job the head's `ray start` did not end in
-# 25 s (waiting on a detached actor), so waiting longer only delays the SIGKILL of its session.
+# 25 s (its detached actors still ran), so waiting longer only delays the SIGKILL of its session.
 STOP_TIMEOUT_S = 5.0
 
 

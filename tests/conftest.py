@@ -96,3 +96,11 @@ def s3_server() -> Iterator[S3Server]:
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+@pytest.fixture
+def s3_env(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch, private_ray_tmp: str) -> dict[str, str]:
+    """The environment of this test's processes (and of this one: rdtf.open_dataset reads through it too)."""
+    for key, value in s3_server.env.items():
+        monkeypatch.setenv(key, value)
+    return dict(os.environ)

@@ -25,14 +25,6 @@ pytestmark = pytest.mark.slow
 STICKERS = 6
 
 
-@pytest.fixture
-def s3_env(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch, private_ray_tmp: str) -> dict[str, str]:
-    """The environment of this test's processes (and of this one: rdtf.open_dataset reads through it too)."""
-    for key, value in s3_server.env.items():
-        monkeypatch.setenv(key, value)
-    return dict(os.environ)
-
-
 def rdtf_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "rdtf.jobs.cli", *args]
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)

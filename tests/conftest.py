@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import pyarrow.fs as pafs
 import pytest
 from s3_server import S3Server
 
@@ -29,14 +30,6 @@ WITHOUT_RAY = (
     "tests/jobs/test_train_lock.py",
     "tests/test_object_store_train.py",
 )
-
-
-def rdtf_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    """`rdtf ARGS` in a fresh process with `env`; fails the test with its output unless it exits 0."""
-    command = [sys.executable, "-m", "rdtf.jobs.cli", *args]
-    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, f"rdtf {' '.join(args)} failed:\n{done.stdout}\n{done.stderr[-3000:]}"
-    return done
 
 
 @pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist: without it (or without -n) the suite runs in one process
@@ -95,7 +88,10 @@ def s3_server() -> Iterator[S3Server]:
                     pytest.fail(f"moto's S3 server did not start on port {port} (exit code {process.poll()})")
                 time.sleep(0.2)
         server = S3Server(f"http://127.0.0.1:{port}", "rdtf-test")
-        server.filesystem(allow_bucket_creation=True).create_dir(server.bucket)
+        fs = pafs.S3FileSystem(
+            endpoint_override=server.endpoint, access_key="testing", secret_key="testing", allow_bucket_creation=True
+        )
+        fs.create_dir(server.bucket)
         yield server
     finally:
         process.terminate()

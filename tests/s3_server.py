@@ -7,9 +7,6 @@ conftest.py pytest imported first).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
-
-import pyarrow.fs as pafs
 
 
 @dataclass(frozen=True)
@@ -29,13 +26,3 @@ class S3Server:
             "AWS_DEFAULT_REGION": "us-east-1",
             "AWS_EC2_METADATA_DISABLED": "true",  # never look for credentials on a cloud metadata service
         }
-
-    def filesystem(self, **options: Any) -> pafs.S3FileSystem:
-        """pyarrow's filesystem on this server, with the credentials of `env` (and any other S3FileSystem option)."""
-        env = self.env
-        return pafs.S3FileSystem(
-            endpoint_override=self.endpoint,
-            access_key=env["AWS_ACCESS_KEY_ID"],
-            secret_key=env["AWS_SECRET_ACCESS_KEY"],
-            **options,
-        )

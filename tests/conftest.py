@@ -12,7 +12,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import pyarrow.fs as pafs
 import pytest
 from s3_server import S3Server
 
@@ -88,10 +87,7 @@ def s3_server() -> Iterator[S3Server]:
                     pytest.fail(f"moto's S3 server did not start on port {port} (exit code {process.poll()})")
                 time.sleep(0.2)
         server = S3Server(f"http://127.0.0.1:{port}", "rdtf-test")
-        fs = pafs.S3FileSystem(
-            endpoint_override=server.endpoint, access_key="testing", secret_key="testing", allow_bucket_creation=True
-        )
-        fs.create_dir(server.bucket)
+        server.filesystem(allow_bucket_creation=True).create_dir(server.bucket)
         yield server
     finally:
         process.terminate()

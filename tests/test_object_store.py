@@ -8,28 +8,18 @@ from __future__ import annotations
 import csv
 import json
 import os
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import pyarrow.compute as pc
 import pytest
-from conftest import REPO
-from s3_server import S3Server
+from s3_server import S3Server, rdtf_cli
 
 import rdtf
 
 pytestmark = pytest.mark.slow
 
 STICKERS = 6
-
-
-def rdtf_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "rdtf.jobs.cli", *args]
-    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, f"rdtf {' '.join(args)} failed:\n{done.stdout}\n{done.stderr[-3000:]}"
-    return done
 
 
 @pytest.fixture(scope="module")

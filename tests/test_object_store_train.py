@@ -13,7 +13,7 @@ import sys
 import pyarrow.fs as pafs
 import pytest
 from conftest import REPO
-from s3_server import S3Server
+from s3_server import S3Server, rdtf_cli
 
 from rdtf.schemas.layout import resolve
 from rdtf.trainer import checkpoint
@@ -29,13 +29,6 @@ FAST = ["--set", "data.shuffle_buffer=4", "--set", "run.log_every=1", "--micro-b
 FAST += ["--set", "run.sample_every=2", "--set", "diffusion.sample_steps=2", "--set", "optim.ema_decay=0.9"]
 
 
-def rdtf_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "rdtf.jobs.cli", *args]
-    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, f"rdtf {' '.join(args)} failed:\n{done.stdout}\n{done.stderr[-3000:]}"
-    return done
-
-
 def read_text(uri: str) -> str:
     fs, path = resolve(uri)
     with fs.open_input_stream(path) as f:
@@ -46,8 +39,7 @@ def read_text(uri: str) -> str:
 def s3_dataset(s3_server: S3Server, tmp_path_factory: pytest.TempPathFactory) -> str:
     """A small curated dataset (two shards) uploaded to s3://; returns its URI."""
     local = make_dataset(str(tmp_path_factory.mktemp("s3_data") / "ds"), files=2, rows_per_file=6)
-    s3 = pafs.S3FileSystem(endpoint_override=s3_server.endpoint, access_key="testing", secret_key="testing")
-    pafs.copy_files(local, f"{s3_server.bucket}/datasets/made", destination_filesystem=s3)
+    pafs.copy_files(local, f"{s3_server.bucket}/datasets/made", destination_filesystem=s3_server.filesystem())
     return f"s3://{s3_server.bucket}/datasets/made"
 
 

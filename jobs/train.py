@@ -21,6 +21,7 @@ from rdtf.jobs.console import importing_quietly
 from rdtf.pipeline.lock import OutputLock
 from rdtf.schemas.config import ConfigError, load
 from rdtf.schemas.layout import DatasetLayout
+from rdtf.schemas.reader import open_dataset
 
 # flag -> dotted config key; flags and --set override the --config file.
 FLAG_KEYS = {
@@ -114,6 +115,7 @@ def run_lock(out: str) -> Iterator[None]:
 
 
 def run(args: argparse.Namespace) -> int:
+    open_dataset(args.data)  # a wrong --data fails here, before seconds of importing torch and DeepSpeed
     from rdtf.trainer.config import TrainConfig  # imported here: `rdtf --help` stays fast
 
     with importing_quietly():

@@ -12,6 +12,8 @@ import pytest
 from rdtf.jobs.cli import main
 from rdtf.jobs.corpus import make_corpus
 
+REPO = Path(__file__).resolve().parents[2]
+
 
 def test_help_and_version() -> None:
     result = subprocess.run(
@@ -33,6 +35,20 @@ def test_the_command_line_starts_without_torch() -> None:
     and the preprocessing driver 450 MB."""
     code = "import sys, rdtf.jobs.cli; print([m for m in ('torch', 'deepspeed', 'diffusers') if m in sys.modules])"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "[]\n"
+
+
+def test_train_refuses_a_wrong_dataset_before_importing_torch(tmp_path: Path) -> None:
+    """A mistyped --data is told at once, not after the seconds of importing torch, DeepSpeed and diffusers."""
+    code = (
+        "import sys; from rdtf.jobs.cli import main; "
+        f"code = main(['train', '--config', 'configs/tiny.yaml', '--data', {str(tmp_path / 'nope')!r}, "
+        f"'--out', {str(tmp_path / 'run')!r}]); "
+        "print(code, [m for m in ('torch', 'deepspeed', 'diffusers') if m in sys.modules])"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    assert result.stdout == "2 []\n"
+    assert "is not an rdtf dataset" in result.stderr
+    assert not (tmp_path / "run").exists()
 
 
 def test_bad_config_key_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -139,7 +155,7 @@ def test_deepspeeds_ops_are_built_in_the_checkout_unless_the_user_says_otherwise
 
     monkeypatch.delenv("TORCH_EXTENSIONS_DIR", raising=False)
     use_project_extension_dir()
-    assert os.environ["TORCH_EXTENSIONS_DIR"] == str(Path(__file__).resolve().parents[2] / ".torch_extensions")
+    assert os.environ["TORCH_EXTENSIONS_DIR"] == str(REPO / ".torch_extensions")
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", "/somewhere/else")
     use_project_extension_dir()
     assert os.environ["TORCH_EXTENSIONS_DIR"] == "/somewhere/else"

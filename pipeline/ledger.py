@@ -204,12 +204,12 @@ def counts(ws: Workspace) -> tuple[int, dict[str, int]]:
     return next((n for reason, n in found if reason is None), 0), by_reason
 
 
-def drop_inputs(layout: DatasetLayout, uris: pa.Array) -> int:
-    """Remove the rows and rejects of `uris` from the files that hold them (an input that changed is redone).
-    Each such file is rewritten through a temporary file, or deleted when nothing is left; returns how many files
-    changed. A job killed in between leaves some of them: the next run finds those inputs changed again."""
-    files = [(p, DATA_DIR) for p in layout.parquet_files(DATA_DIR)]
-    files += [(p, REJECTS_DIR) for p in layout.parquet_files(REJECTS_DIR)]
+def drop_inputs(layout: DatasetLayout, uris: pa.Array, kinds: tuple[str, ...] = (DATA_DIR, REJECTS_DIR)) -> int:
+    """Remove the rows and rejects of `uris` (only the rows with `kinds=(DATA_DIR,)`) from the files that hold them:
+    an input that changed is redone, a near-duplicate leaves the rows. The files are read 32 at a time; each one that
+    holds such an entry is rewritten through a temporary file, or deleted when nothing is left. Returns how many
+    entries went. A job killed in between leaves some of them: the next run finds them again."""
+    files = [(p, kind) for kind in kinds for p in layout.parquet_files(kind)]
 
     def holds(item: tuple[str, str]) -> bool:
         column = pq.read_table(item[0], columns=["source_uri"], filesystem=layout.fs)["source_uri"]
@@ -217,15 +217,17 @@ def drop_inputs(layout: DatasetLayout, uris: pa.Array) -> int:
 
     with _threads(len(files)) as pool:
         hit = [item for item, found in zip(files, pool.map(holds, files), strict=True) if found]
+    removed = 0
     for path, kind in hit:
         schema = SAMPLE_SCHEMA if kind == DATA_DIR else REJECT_SCHEMA  # an older file's missing columns: null
         table = pads.dataset(path, schema=schema, format="parquet", filesystem=layout.fs).to_table()
         kept = table.filter(pc.invert(pc.is_in(table["source_uri"], value_set=uris)))
+        removed += table.num_rows - kept.num_rows
         if kept.num_rows:
             write_table(layout, kind, path.rsplit("/", 1)[-1], kept.replace_schema_metadata(schema.metadata))
         else:
             layout.fs.delete_file(path)
-    return len(hit)
+    return removed
 
 
 def remove_temp_files(layout: DatasetLayout) -> int:

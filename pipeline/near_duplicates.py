@@ -15,7 +15,7 @@
    so running the pass again on its own result finds nothing new.
 5. Move: one rejects file for the whole pass (the commit point), then every data file that holds a dropped row is
    rewritten without it (`drop_rejected_rows`). A run killed between the two leaves rows that are also rejects;
-   the next run calls `drop_rejected_rows` first, which finishes the move.
+   the next run, seeing that the last one did not finish, calls `drop_rejected_rows` first, which finishes the move.
 """
 
 from __future__ import annotations
@@ -27,11 +27,14 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
+from rdtf.pipeline import ledger
 from rdtf.pipeline.write import shard_name, write_table
 from rdtf.schemas.dataset import REJECT_SCHEMA
 from rdtf.schemas.layout import DATA_DIR, REJECTS_DIR, DatasetLayout
+from rdtf.schemas.reader import footers
 
 STAGE = "near_duplicates"
 REASON = "near_duplicate"
@@ -120,7 +123,7 @@ def find_edges(layout: DatasetLayout, threshold: float, cluster_rows: int) -> pa
     import ray
 
     files = layout.parquet_files(DATA_DIR)
-    rows = sum(pq.ParquetFile(f, filesystem=layout.fs).metadata.num_rows for f in files)
+    rows = sum(footer.num_rows for footer in footers(layout.fs, tuple(files)))
     if rows < 2:
         return EDGE_SCHEMA.empty_table()
     clusters = math.ceil(rows / cluster_rows)
@@ -156,41 +159,33 @@ def choose(edges: pa.Table, uris: dict[str, str], protected: set[str]) -> dict[s
     return dropped
 
 
+def _pass_files(layout: DatasetLayout) -> list[str]:
+    """The rejects files of earlier near-duplicate passes (one per pass, named after STAGE)."""
+    return [p for p in layout.parquet_files(REJECTS_DIR) if p.rsplit("/", 1)[-1].startswith(f"{STAGE}-")]
+
+
 def kept_by_earlier_passes(layout: DatasetLayout) -> set[str]:
-    """The sample_ids that near_duplicate rejects already name as kept."""
-    kept: set[str] = set()
-    for path in layout.parquet_files(REJECTS_DIR):
-        table = pq.read_table(path, columns=["reason", "kept_sample_id"], filesystem=layout.fs)
-        kept.update(table.filter(pc.equal(table["reason"], REASON))["kept_sample_id"].to_pylist())
-    return kept
+    """The sample_ids that near_duplicate rejects already name as kept (as many as earlier passes dropped)."""
+    files = _pass_files(layout)
+    if not files:
+        return set()
+    table = pads.dataset(files, format="parquet", filesystem=layout.fs).to_table(columns=["kept_sample_id"])
+    return set(table["kept_sample_id"].drop_null().to_pylist())
 
 
-def drop_rejected_rows(layout: DatasetLayout) -> int:
-    """Rewrite every data file that holds a row whose input is also a reject, without it; how many rows went.
+def drop_rejected_rows(layout: DatasetLayout, uris: pa.Array | None = None) -> int:
+    """Remove the rows of near-duplicate rejects from the data files (threaded, ledger.drop_inputs); how many went.
 
-    Only a near-duplicate move makes such rows (its rejects are written first), and only until it finishes.
+    `uris`: those a pass just moved; by default those of every near-duplicate rejects file, which is what a pass
+    killed between its commit and its move leaves to do (other rejects never have rows).
     """
-    rejected: set[str] = set()
-    for path in layout.parquet_files(REJECTS_DIR):
-        rejected.update(pq.read_table(path, columns=["source_uri"], filesystem=layout.fs)["source_uri"].to_pylist())
-    if not rejected:
-        return 0
-    value_set = pa.array(sorted(rejected))
-    removed = 0
-    for path in layout.parquet_files(DATA_DIR):
-        uris = pq.read_table(path, columns=["source_uri"], filesystem=layout.fs)["source_uri"]
-        gone = pc.is_in(uris, value_set=value_set)
-        count = pc.sum(gone).as_py() or 0
-        if not count:
-            continue
-        table = pq.read_table(path, filesystem=layout.fs)
-        rest = table.filter(pc.invert(pc.is_in(table["source_uri"], value_set=value_set)))
-        if rest.num_rows:
-            write_table(layout, DATA_DIR, path.rsplit("/", 1)[-1], rest)
-        else:
-            layout.fs.delete_file(path)
-        removed += count
-    return removed
+    if uris is None:
+        files = _pass_files(layout)
+        if not files:
+            return 0
+        found = pads.dataset(files, format="parquet", filesystem=layout.fs).to_table(columns=["source_uri"])
+        uris = found["source_uri"].combine_chunks()
+    return ledger.drop_inputs(layout, uris, kinds=(DATA_DIR,)) if len(uris) else 0
 
 
 def near_duplicate_pass(layout: DatasetLayout, threshold: float, cluster_rows: int) -> list[str]:
@@ -219,5 +214,5 @@ def near_duplicate_pass(layout: DatasetLayout, threshold: float, cluster_rows: i
     moved = [r["source_uri"] for r in rejects]
     name = f"{STAGE}-{shard_name(moved).removeprefix('part-')}"
     write_table(layout, REJECTS_DIR, name, pa.Table.from_pylist(rejects, REJECT_SCHEMA))
-    drop_rejected_rows(layout)
+    drop_rejected_rows(layout, pa.array(moved, pa.string()))
     return moved

@@ -331,7 +331,7 @@ def _run(
     if ledger.remove_temp_files(layout):
         log.info("removed half-written files left by a killed run")
     clear_staging(layout)  # shards of killed runs that were never published: redone below
-    if cfg.clip.near_duplicate_threshold is not None and drop_rejected_rows(layout):
+    if cfg.clip.near_duplicate_threshold is not None and not finished_before and drop_rejected_rows(layout):
         log.info("finished moving the near-duplicates that a killed run had rejected")
     ledger.load(ws, layout)
     changed = ledger.changed(ws)

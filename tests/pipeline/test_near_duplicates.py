@@ -149,7 +149,7 @@ def test_a_move_killed_after_its_commit_is_finished_by_the_next_run(tmp_path: Pa
     killed = DatasetLayout.at(str(tmp_path / "killed"))
     near_duplicate_pass(clean, threshold=0.99, cluster_rows=1000)
 
-    monkeypatch.setattr(near_duplicates, "drop_rejected_rows", lambda layout: 0)  # killed right after the commit
+    monkeypatch.setattr(near_duplicates, "drop_rejected_rows", lambda layout, uris: 0)  # killed right after the commit
     near_duplicate_pass(killed, threshold=0.99, cluster_rows=1000)
     monkeypatch.undo()
     rows_now, rejects_now = state(tmp_path / "killed")

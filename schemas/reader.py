@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -18,6 +19,8 @@ import pyarrow.parquet as pq
 from rdtf.schemas.dataset import READ_MAJORS, REJECT_SCHEMA, SAMPLE_SCHEMA, SCHEMA_VERSION, VERSION_KEY
 from rdtf.schemas.layout import DATA_DIR, REJECTS_DIR, DatasetLayout
 
+FOOTER_THREADS = 32  # footers read at once: on an object store each is a round trip, and a dataset has thousands
+
 
 class SchemaVersionError(ValueError):
     """A dataset file was written with a schema version this rdtf cannot read."""
@@ -27,13 +30,17 @@ def _major(version: str) -> str:
     return version.split(".")[0]
 
 
-def check_version(fs, path: str) -> None:
-    """Raise SchemaVersionError unless the file at `path` has a major schema version this rdtf reads."""
-    check_metadata(pq.read_schema(path, filesystem=fs).metadata, path)
+def footers(fs, paths: tuple[str, ...]) -> list[pq.FileMetaData]:
+    """Every file's Parquet footer (row count, key-value metadata), FOOTER_THREADS files at a time, in order."""
+    if not paths:
+        return []
+    with ThreadPoolExecutor(min(FOOTER_THREADS, len(paths))) as pool:
+        return list(pool.map(lambda path: pq.read_metadata(path, filesystem=fs), paths))
 
 
 def check_metadata(metadata: dict[bytes, bytes] | None, path: str) -> None:
-    """`check_version` on a schema's metadata already read (one footer read per file when scanning)."""
+    """Raise SchemaVersionError unless a file's footer metadata (read once, by `footers` or a scan) has a major
+    schema version this rdtf reads."""
     found = (metadata or {}).get(VERSION_KEY, b"").decode() or "none"
     if _major(found) not in READ_MAJORS:
         raise SchemaVersionError(
@@ -62,7 +69,7 @@ class DatasetReader:
 
     @property
     def num_rows(self) -> int:
-        return sum(pq.ParquetFile(f, filesystem=self.layout.fs).metadata.num_rows for f in self.sample_files)
+        return sum(footer.num_rows for footer in footers(self.layout.fs, self.sample_files))
 
     def read(self, columns: list[str] | None = None, filter: pads.Expression | None = None) -> pa.Table:
         """All sample rows (or the named columns) in one table. For small datasets and metadata columns."""
@@ -114,15 +121,6 @@ class DatasetReader:
 
         return StickerRows(self, tuple(columns or DEFAULT_COLUMNS), rank, world_size, batch_rows)
 
-    def ray_dataset(self, columns: list[str] | None = None):
-        """The sample rows as a Ray Data dataset (for Ray Train's `datasets=`), files in the reader's order.
-
-        Ray is imported here only: the rest of the reader works without it (the `deepspeed` launcher path).
-        """
-        import ray.data
-
-        return ray.data.read_parquet(list(self.sample_files), columns=columns, filesystem=self.layout.fs)
-
 
 def open_dataset(uri: str) -> DatasetReader:
     """Open the dataset at `uri` (a folder written by `rdtf preprocess`), checking every file's schema version."""
@@ -131,6 +129,7 @@ def open_dataset(uri: str) -> DatasetReader:
     rejects = tuple(layout.parquet_files(REJECTS_DIR))
     if not samples and not rejects and layout.read_card() is None:
         raise FileNotFoundError(f"{uri} is not an rdtf dataset: no {DATA_DIR}/, {REJECTS_DIR}/ or card.json in it")
-    for path in samples + rejects:
-        check_version(layout.fs, path)
+    files = samples + rejects
+    for path, footer in zip(files, footers(layout.fs, files), strict=True):
+        check_metadata(footer.metadata, path)
     return DatasetReader(layout, samples, rejects)

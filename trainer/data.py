@@ -22,7 +22,7 @@ from PIL import Image
 
 from rdtf.schemas.dataset import KEYFRAME_COUNTS
 from rdtf.schemas.frames import decode_frame
-from rdtf.schemas.reader import DatasetReader
+from rdtf.schemas.reader import DatasetReader, footers
 from rdtf.trainer.config import DataConfig
 from rdtf.trainer.pacing import EpochPacer, Position, Weigh
 from rdtf.trainer.tasks import NUM_FRAMES
@@ -46,7 +46,7 @@ class ParquetRows:
                 "training processes: every process needs at least one. Re-run `rdtf preprocess` with a smaller "
                 "ray.rows_per_shard, or train on fewer processes."
             )
-        metadata = [pq.ParquetFile(f, filesystem=self.fs).metadata for f in self.files]
+        metadata = footers(self.fs, self.files)  # read in threads: on an object store each is a round trip
         self.rows_per_file = [m.num_rows for m in metadata]
         self.num_rows = sum(self.rows_per_file)
         if self.num_rows == 0:

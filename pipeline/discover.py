@@ -13,8 +13,9 @@ from __future__ import annotations
 import csv
 import fnmatch
 import glob as globlib
+import itertools
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -30,6 +31,7 @@ from rdtf.schemas.layout import SCHEMES, UnsafeURIError, check_uri, resolve
 
 MANIFEST_SUFFIXES = (".csv", ".jsonl", ".json", ".parquet")
 MANIFEST_BATCH = 65_536  # manifest rows read at a time
+GLOB_CHUNK = 4096  # paths of a local glob listed at a time
 PATH_COLUMNS = ("uri", "path", "file", "source_uri")
 CAPTION_COLUMNS = ("caption", "text")
 ID_COLUMNS = ("id",)
@@ -67,25 +69,26 @@ def _listed(infos: list[pafs.FileInfo], template: str, keep) -> pa.Table:
     )
 
 
-def _list_folder(uri: str, fs: pafs.FileSystem, path: str, cfg: InputConfig) -> Iterator[pa.Table]:
+def _list_folder(uri: str, fs: pafs.FileSystem, path: str, keep: Callable[[pafs.FileInfo], bool]) -> Iterator[pa.Table]:
     """One table per folder of the tree: the driver holds one folder's listing at a time, not the whole tree's."""
     folders = [path]
     while folders:
         infos = fs.get_file_info(pafs.FileSelector(folders.pop()))
         folders += [i.path for i in infos if i.type == pafs.FileType.Directory]
-        yield _listed(infos, uri, lambda i: _has_extension(i.base_name, cfg.extensions))
+        yield _listed(infos, uri, keep)
 
 
-def _expand_glob(pattern: str, cfg: InputConfig) -> pa.Table:
+def _expand_glob(pattern: str, cfg: InputConfig) -> Iterator[pa.Table]:
+    """A glob's files, GLOB_CHUNK paths (local) or one folder (remote) at a time, like a folder's listing."""
     if "://" not in pattern:
-        paths = globlib.glob(os.path.expanduser(pattern), recursive=True)
-        wanted = [os.path.abspath(p) for p in paths if _has_extension(p, cfg.extensions)]
-        infos = pafs.LocalFileSystem().get_file_info(wanted)
-        return _listed(infos, pattern, lambda i: True)
+        matches = globlib.iglob(os.path.expanduser(pattern), recursive=True)
+        wanted = (os.path.abspath(p) for p in matches if _has_extension(p, cfg.extensions))
+        while chunk := list(itertools.islice(wanted, GLOB_CHUNK)):
+            yield _listed(pafs.LocalFileSystem().get_file_info(chunk), pattern, lambda i: True)
+        return
     fs, path = resolve(pattern)
     root = path.split("*", 1)[0].rsplit("/", 1)[0]
-    infos = fs.get_file_info(pafs.FileSelector(root, recursive=True))
-    return _listed(infos, pattern, lambda i: fnmatch.fnmatch(i.path, path))
+    yield from _list_folder(pattern, fs, root, lambda i: fnmatch.fnmatch(i.path, path))
 
 
 def _read_manifest(fs: pafs.FileSystem, path: str) -> Iterator[pa.Table]:
@@ -186,12 +189,12 @@ def _listing(inputs: list[str], cfg: InputConfig) -> Iterator[pa.Table]:
         except UnsafeURIError as error:
             raise InputError(str(error)) from None
         if any(ch in arg for ch in "*?["):
-            yield _expand_glob(arg, cfg)
+            yield from _expand_glob(arg, cfg)
             continue
         fs, path = resolve(arg)
         info = fs.get_file_info(path)
         if info.type == pafs.FileType.Directory:
-            yield from _list_folder(arg, fs, path, cfg)
+            yield from _list_folder(arg, fs, path, lambda i: _has_extension(i.base_name, cfg.extensions))
         elif info.type == pafs.FileType.File and path.lower().endswith(MANIFEST_SUFFIXES):
             yield from _from_manifest(arg, fs, path, cfg)
         elif info.type == pafs.FileType.File:

@@ -9,6 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from rdtf.pipeline import discover as discover_module
 from rdtf.pipeline.config import InputConfig
 from rdtf.pipeline.discover import INPUT_SCHEMA, InputError
 from rdtf.pipeline.discover import discover as discover_into
@@ -43,6 +44,18 @@ def test_glob_and_extension_setting(folder: Path) -> None:
     assert [Path(uri).name for uri in found["source_uri"].to_pylist()] == ["b.gif"]
     only_png = discover([str(folder)], InputConfig(extensions=("png",)))
     assert [Path(uri).name for uri in only_png["source_uri"].to_pylist()] == ["e.png"]
+
+
+def test_globs_stream_in_chunks_and_by_folder(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A local glob is listed GLOB_CHUNK paths at a time, a remote one (here file://) a folder at a time: the same
+    files as the folder's listing, with their versions, never the whole listing at once."""
+    monkeypatch.setattr(discover_module, "GLOB_CHUNK", 2)
+    whole = discover([str(folder)], InputConfig())
+    local = discover([str(folder / "**" / "*")], InputConfig())
+    assert local == whole and local["source_version"].null_count == 0
+    remote = discover([f"file://{folder}/sub/*"], InputConfig())
+    names = [uri.removeprefix(f"file://{folder}/") for uri in remote["source_uri"].to_pylist()]
+    assert names == ["sub/c.GIF", "sub/deeper/d.mp4", "sub/e.png"] and remote["source_version"].null_count == 0
 
 
 def test_csv_manifest_with_relative_paths_captions_and_ids(folder: Path) -> None:

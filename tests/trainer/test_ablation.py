@@ -88,6 +88,9 @@ def test_flags_map_to_their_config_keys() -> None:
         ({"curriculum.task": "cosine"}, "curriculum.task"),
         ({"curriculum.pacing": "sometimes"}, "curriculum.pacing"),
         ({"curriculum.mode": "adaptive"}, "curriculum.mode"),  # the former key, split in two
+        ({"model.attention_head_dims": 16}, "model.attention_head_dims"),  # a typo: was a TypeError deep in train
+        ({"model.num_frames": 16}, "model.num_frames"),  # clips are 8 frames: was accepted and ignored
+        ({"diffusion.train_timesteps": 2000}, "curriculum.num_timesteps"),  # bins t >= 1000 all went in the last
     ],
 )
 def test_bad_values_are_refused_naming_the_key(overrides: dict, key: str) -> None:

@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
         import torch.distributed as dist
 
         from rdtf.schemas.config import ConfigError
-        from rdtf.trainer.evaluate import MIN_KEYFRAMES, evaluate
+        from rdtf.trainer.evaluate import CONFIDENCE, MIN_KEYFRAMES, evaluate
         from rdtf.trainer.sample import load_run_config
 
     # clips: FVD compares two sets; keyframes: fewer than MIN_KEYFRAMES leave a task nothing to give or predict
@@ -136,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
         if weights == "random"
     ]
     os.makedirs(args.out, exist_ok=True)
-    document = report.to_dict() | {"fvd_interval": None, "confidence": 0.95, "warnings": warnings}
+    document = report.to_dict() | {"fvd_interval": None, "confidence": CONFIDENCE, "warnings": warnings}
     with open(os.path.join(args.out, "report.json"), "w") as f:
         json.dump(document, f, indent=2)
     with open(os.path.join(args.out, "index.html"), "w") as f:
@@ -206,7 +206,8 @@ figure {{ display: inline-block; margin: 4px; text-align: center; }} img {{ imag
 <h1>rdtf eval</h1>
 <p>{setup}</p>{warnings}
 <table><tr><th>task</th>{head}</tr>{"".join(rows)}</table>
-<p><small>Brackets: the 95% t-interval of the mean over clips. FVD is a set measure: no interval (docs/evaluate.md).
+<p><small>Brackets: the {100 * report["confidence"]:g}% t-interval of the mean over clips. FVD is a set measure: no
+interval (docs/evaluate.md).
 PSNR / SSIM and CLIP similarity count generated frames only; the GIFs keep the given frames, as rdtf sample
 writes them.</small></p>
 <h2>Examples</h2>{"".join(shown)}

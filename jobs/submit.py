@@ -33,7 +33,6 @@ from rdtf.schemas.config import ConfigError, load, to_dict
 from rdtf.schemas.layout import DatasetLayout, check_uri
 
 CONFIG_FILE = "rdtf_config.json"  # the resolved config, in the job's working_dir
-ID_PREFIX = "rdtf-preprocess-"
 # Read by the driver and every worker of the job: Ray Data's progress bars would fill the job log with redraws.
 JOB_ENV_VARS = {"RAY_DATA_DISABLE_PROGRESS_BARS": "1", "PYTHONUNBUFFERED": "1"}
 

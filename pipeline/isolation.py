@@ -10,6 +10,8 @@ How, and why so:
   anything that imports `schemas` (pyarrow, pandas) takes 0.4 s and 123 MB before decoding anything.
 - One child per worker process (and memory limit), shared by the probe and decode stages and by every task the
   worker runs, so its start-up is paid once per worker; after a failure a new one is started for the next input.
+  That is why `_PROCESSES` is module state, rdtf's only one: Ray runs the stages as tasks, which share nothing but
+  their worker process.
 - Limits. The child caps its own memory (RLIMIT_DATA) at what it holds after start-up plus `max_memory_mb`, so a
   runaway allocation fails inside the child (MemoryError: too_large) instead of exhausting the node; libraries a
   decoder loads on first use are imported outside the limit. The parent waits at most `timeout_s` for each answer,

@@ -1,6 +1,6 @@
 """SQL over a curated dataset through DuckDB: the rows as view `stickers`, the rejects as view `rejects`.
 
->>> from schemas.query import query
+>>> from rdtf.schemas.query import query
 >>> query("out/stickers", "SELECT caption, static_difficulty FROM stickers ORDER BY static_difficulty DESC LIMIT 5")
 
 DuckDB scans the dataset's Parquet files through pyarrow's dataset (the same files and filesystem as

@@ -85,7 +85,10 @@ def test_page_in_a_headless_browser(sticker_dataset: Path, tmp_path: Path, chrom
     attributes = dict(re.findall(r'data-(\w+)="(\d+)"', body.group(1)))
     # 10 deciles of 24 stickers (each decile has one) and the 2 rejects' named tiles
     assert attributes == {"thumbnails": "12", "broken": "0", "errors": "0"}, dom.stderr[-2000:]
+    shot = tmp_path / "stats_page.png"  # this run's own picture, then kept in test-artifacts/ to look at
+    taken = run_chromium(
+        chromium, tmp_path / "profile", f"--screenshot={shot}", "--window-size=1200,2600", page.as_uri()
+    )
+    assert taken.returncode == 0 and shot.is_file() and shot.stat().st_size > 10_000, taken.stderr[-2000:]
     ARTIFACTS.mkdir(exist_ok=True)
-    shot = ARTIFACTS / "stats_page.png"
-    run_chromium(chromium, tmp_path / "profile", f"--screenshot={shot}", "--window-size=1200,2600", page.as_uri())
-    assert shot.is_file() and shot.stat().st_size > 10_000
+    shutil.copyfile(shot, ARTIFACTS / "stats_page.png")

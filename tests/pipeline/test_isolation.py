@@ -181,7 +181,7 @@ def test_a_child_that_died_between_inputs_is_replaced_without_a_reject(child):
 def test_the_child_exits_with_its_parent_even_in_the_middle_of_a_decode():
     """A killed Ray worker leaves no decoder behind, even one stuck on an input."""
     code = (
-        "import time; from pipeline.isolation import DecoderProcess; d = DecoderProcess(64); d.start(); "
+        "import time; from rdtf.pipeline.isolation import DecoderProcess; d = DecoderProcess(64); d.start(); "
         "print(d.pid, flush=True); d.run(time.sleep, 3600, timeout_s=3600)"
     )
     parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)

@@ -343,7 +343,6 @@ def _run(
     found, todo = ws.count("SELECT * FROM inputs"), ws.count("SELECT * FROM todo")
     summary = PreprocessSummary(output, found, found - todo, changed=len(changed))
     log.info("%d inputs, %d already accounted for, %d to do", found, summary.already_done, todo)
-    layout.write_card(make_card(config, "running", None, None, clip.card() if clip else None))
 
     with ray_session(cfg.ray, show_progress):
         import ray
@@ -355,6 +354,9 @@ def _run(
             summary.clip = f"{model.model} ({model.source} weights) on {run.device}, {run.precision}"
             if clip.weights.kind == "random":
                 summary.clip += f" -- WARNING: {RANDOM_WARNING}"
+        # Written once the cluster accepted the settings: a run refused (a GPU it lacks) leaves no card to compare
+        # the corrected command with.
+        layout.write_card(make_card(config, "running", None, None, clip.card() if clip else None))
 
         # 2. Hash pass.
         _hash_pass(ws, layout, run_id, cfg, show_progress)

@@ -21,6 +21,7 @@ from test_runner import _kill_group, _rows, _shard_count
 from rdtf.pipeline.config import ClipConfig, PreprocessConfig, RayConfig
 from rdtf.pipeline.runner import run_preprocess
 from rdtf.schemas import REJECT_REASONS, open_dataset
+from rdtf.schemas.config import ConfigError
 
 pytestmark = pytest.mark.slow
 
@@ -152,3 +153,15 @@ def test_resume_after_sigkill(corpus: Path, reference: tuple[Path, int], tmp_pat
     summary = run_preprocess([str(corpus)], str(out), _config(pool_size=2, rows_per_shard=3), show_progress=False)
     assert summary.already_done >= 6
     assert _rows(out) == _rows(reference[0])
+
+
+def test_a_run_the_cluster_refuses_leaves_no_card(corpus: Path, tmp_path: Path) -> None:
+    """clip.device cuda on a cluster without a GPU is refused once Ray is up; the corrected command must then run,
+    not meet a card of the refused settings ("was made with different 'clip' settings")."""
+    out = tmp_path / "out"
+    on_gpu = dataclasses.replace(_config(1, 64), clip=dataclasses.replace(CLIP, device="cuda"))
+    with pytest.raises(ConfigError, match="no GPU"):
+        run_preprocess([str(corpus.parent / "a" / "00_*")], str(out), on_gpu, show_progress=False)
+    assert not (out / "card.json").exists()
+    summary = run_preprocess([str(corpus.parent / "a" / "00_*")], str(out), _config(1, 64), show_progress=False)
+    assert summary.written == 1

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import sys
 import time
 import uuid
@@ -169,6 +170,24 @@ def main_stages(cfg: PreprocessConfig, clip: ClipSetup | None = None) -> list[St
     return stages
 
 
+REACH_TIMEOUT_S = 5.0  # to open a connection to a cluster's address before Ray's own retries (minutes) begin
+
+
+def _check_reachable(address: str) -> None:
+    """Refuse a `host:port` or `ray://host:port` address that accepts no connection, in seconds: `ray.init` would
+    retry for minutes, printing its client's warnings. `auto` and other forms are left to Ray."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=REACH_TIMEOUT_S).close()
+    except OSError as error:
+        raise ConfigError(
+            f"config key 'ray.address': cannot reach a Ray cluster at {address} ({error}). Start one there "
+            "(`ray start --head`), or check --address: the head node's GCS port (6379) or ray://HOST:10001."
+        ) from None
+
+
 @contextmanager
 def ray_session(cfg: RayConfig, show_progress: bool) -> Iterator[None]:
     """Use the Ray instance already running in this process, connect to `cfg.address`, or start an embedded one."""
@@ -183,6 +202,7 @@ def ray_session(cfg: RayConfig, show_progress: bool) -> Iterator[None]:
         # a folder, not a module object: inside a Ray job (`rdtf submit`) Ray deep-copies this runtime_env to merge it
         # with the job's, and a module cannot be copied. Ray follows the package's links to the layout's folders.
         package = os.path.dirname(rdtf.__file__)
+        _check_reachable(cfg.address)
         ray.init(address=cfg.address, runtime_env={"py_modules": [package]}, logging_level=level)
     elif started:
         ray.init(

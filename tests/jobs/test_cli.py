@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -49,6 +50,20 @@ def test_train_refuses_a_wrong_dataset_before_importing_torch(tmp_path: Path) ->
     assert result.stdout == "2 []\n"
     assert "is not an rdtf dataset" in result.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_an_address_nobody_listens_on_is_refused_at_once(tmp_path: Path) -> None:
+    """`ray.init` would retry for minutes; the command says in seconds that nothing answers there."""
+    with socket.socket() as probe:  # a free port, closed again: nothing listens on it
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    make_corpus(tmp_path / "in", count=1)
+    for address in (f"127.0.0.1:{port}", f"ray://127.0.0.1:{port}"):
+        command = ["preprocess", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--address", address]
+        code = f"import sys; from rdtf.jobs.cli import main; sys.exit(main({command!r}))"
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+        assert result.returncode == 2 and f"cannot reach a Ray cluster at {address}" in result.stderr
+    assert not (tmp_path / "out" / "card.json").exists()
 
 
 def test_bad_config_key_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -21,6 +21,7 @@ import subprocess
 import sys
 from typing import Any
 
+from rdtf.jobs.args import port, positive_float, positive_int
 from rdtf.jobs.ray_jobs import ADDRESS_ENV, connect, follow, outcome, working_dir
 from rdtf.jobs.submit import cluster_path
 from rdtf.jobs.train import FLAG_KEYS, parse_sets
@@ -51,14 +52,19 @@ def add_launch_parser(commands: Any) -> None:
     ds = train.add_argument_group("--backend deepspeed")
     ds.add_argument("--hostfile", metavar="HOSTS", help="DeepSpeed hostfile (`host slots=N` a line); default: here")
     ds.add_argument(
-        "--num-gpus", type=int, metavar="N", help="processes per host, one per GPU (CPU-only hosts: N processes)"
+        "--num-gpus",
+        type=positive_int,
+        metavar="N",
+        help="processes per host, one per GPU (CPU-only hosts: N processes)",
     )
-    ds.add_argument("--master-port", type=int, help="rendezvous port on the first host (default: a free one)")
+    ds.add_argument("--master-port", type=port, help="rendezvous port on the first host (default: a free one)")
     ray = train.add_argument_group("--backend ray")
     ray.add_argument("--address", metavar="URL", help=f"the head's job API, http://HEAD:8265 (${ADDRESS_ENV})")
-    ray.add_argument("--num-workers", type=int, default=1, metavar="N", help="training processes (1)")
+    ray.add_argument("--num-workers", type=positive_int, default=1, metavar="N", help="training processes (1)")
     ray.add_argument("--use-gpu", action="store_true", help="one GPU per worker (NCCL); default CPU (gloo)")
-    ray.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs per worker (1; 0.5 on small machines)")
+    ray.add_argument(
+        "--cpus-per-worker", type=positive_float, default=1.0, help="CPUs per worker (1; 0.5 on small machines)"
+    )
     ray.add_argument("--wait", action="store_true", help="follow the job's log; exit with its outcome")
     train.set_defaults(run=run_train)
 

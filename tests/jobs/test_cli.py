@@ -174,3 +174,14 @@ def test_deepspeeds_ops_are_built_in_the_checkout_unless_the_user_says_otherwise
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", "/somewhere/else")
     use_project_extension_dir()
     assert os.environ["TORCH_EXTENSIONS_DIR"] == "/somewhere/else"
+
+
+@pytest.mark.parametrize(
+    "flags", [["--num-gpus", "-1"], ["--num-gpus", "0"], ["--backend", "ray", "--cpus-per-worker", "0"],
+              ["--backend", "ray", "--num-workers", "0"], ["--master-port", "70000"]],
+)  # fmt: skip
+def test_launch_refuses_counts_out_of_range(flags: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    """`--num-gpus -1` used to start a whole training run with CUDA_VISIBLE_DEVICES=0 on a CPU-only machine."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["launch", "train", "--config", "c.yaml", "--data", "d", "--out", "r", *flags])
+    assert exit_info.value.code == 2 and f"argument {flags[-2]}: must be" in capsys.readouterr().err

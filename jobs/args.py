@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import os
+from pathlib import Path
+
+import rdtf
+
+PRESETS = Path(rdtf.__file__).parent / "configs"  # the checkout's configs/, which the wheel ships as rdtf/configs
 
 
 def positive_int(value: str) -> int:
@@ -27,3 +33,14 @@ def port(value: str) -> int:
     if not 1 <= number <= 65535:
         raise argparse.ArgumentTypeError(f"must be a port in 1-65535, got {number}")
     return number
+
+
+def config_file(value: str) -> str:
+    """A YAML file, or the name of a training preset in rdtf's configs/ (tiny, small, paper), as a path."""
+    if os.path.isfile(value):
+        return value
+    preset = PRESETS / f"{value}.yaml"
+    if os.sep not in value and preset.is_file():
+        return str(preset)
+    names = ", ".join(sorted(p.stem for p in PRESETS.glob("*.yaml") if p.stem != "preprocess"))
+    raise argparse.ArgumentTypeError(f"{value!r} is neither a file nor a preset ({names})")

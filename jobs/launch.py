@@ -21,7 +21,7 @@ import subprocess
 import sys
 from typing import Any
 
-from rdtf.jobs.args import port, positive_float, positive_int
+from rdtf.jobs.args import config_file, port, positive_float, positive_int
 from rdtf.jobs.ray_jobs import ADDRESS_ENV, connect, follow, outcome, working_dir
 from rdtf.jobs.submit import cluster_path
 from rdtf.jobs.train import FLAG_KEYS, parse_sets
@@ -41,7 +41,9 @@ def add_launch_parser(commands: Any) -> None:
     )
     kinds = parser.add_subparsers(dest="kind", metavar="KIND", required=True)
     train = kinds.add_parser("train", help="rdtf train on several processes")
-    train.add_argument("--config", required=True, metavar="FILE", help="a preset or your own YAML (configs/*.yaml)")
+    train.add_argument(
+        "--config", required=True, type=config_file, metavar="FILE", help="a preset (tiny, small, paper) or a YAML file"
+    )
     train.add_argument("--data", required=True, metavar="DATASET", help="a dataset every process can read")
     train.add_argument("--out", required=True, metavar="RUN", help="the run folder, on storage every process reaches")
     train.add_argument("--steps", type=int, help="train until this optimizer step (run.max_steps)")

@@ -17,6 +17,7 @@ from typing import Any
 import pyarrow.fs as pafs
 import yaml
 
+from rdtf.jobs.args import config_file
 from rdtf.jobs.console import importing_quietly
 from rdtf.pipeline.lock import OutputLock
 from rdtf.schemas.config import ConfigError, load
@@ -68,7 +69,9 @@ def add_train_parser(commands: Any) -> None:
         epilog="Presets: configs/tiny.yaml (CPU), configs/small.yaml (one GPU), configs/paper.yaml. "
         "Settings and the run folder: docs/train.md.",
     )
-    parser.add_argument("--config", required=True, metavar="FILE", help="a preset or your own YAML (configs/*.yaml)")
+    parser.add_argument(
+        "--config", required=True, type=config_file, metavar="FILE", help="a preset (tiny, small, paper) or a YAML file"
+    )
     parser.add_argument("--data", required=True, metavar="DATASET_DIR", help="a dataset written by rdtf preprocess")
     parser.add_argument("--out", required=True, metavar="RUN_DIR", help="checkpoints, logs and samples go here")
     parser.add_argument("--steps", type=int, help="train until this optimizer step (run.max_steps)")

@@ -185,3 +185,13 @@ def test_launch_refuses_counts_out_of_range(flags: list[str], capsys: pytest.Cap
     with pytest.raises(SystemExit) as exit_info:
         main(["launch", "train", "--config", "c.yaml", "--data", "d", "--out", "r", *flags])
     assert exit_info.value.code == 2 and f"argument {flags[-2]}: must be" in capsys.readouterr().err
+
+
+def test_presets_are_named_and_a_missing_config_is_told_at_once(capsys: pytest.CaptureFixture[str]) -> None:
+    from rdtf.jobs.cli import build_parser
+
+    args = build_parser().parse_args(["train", "--config", "tiny", "--data", "d", "--out", "r"])
+    assert Path(args.config).resolve() == (REPO / "configs" / "tiny.yaml").resolve()
+    with pytest.raises(SystemExit):
+        main(["launch", "train", "--config", "tiny.yml", "--data", "d", "--out", "r"])
+    assert "'tiny.yml' is neither a file nor a preset (paper, small, tiny)" in capsys.readouterr().err

@@ -118,7 +118,8 @@ def run_lock(out: str) -> Iterator[None]:
 
 
 def run(args: argparse.Namespace) -> int:
-    open_dataset(args.data)  # a wrong --data fails here, before seconds of importing torch and DeepSpeed
+    if not open_dataset(args.data).sample_files:  # a wrong --data fails here, before seconds of importing torch
+        raise ConfigError(f"--data {args.data} has no rows to train on: `rdtf stats {args.data}` shows its rejects")
     from rdtf.trainer.config import TrainConfig  # imported here: `rdtf --help` stays fast
 
     with importing_quietly():

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import pyarrow.fs as pafs
 
+from rdtf.schemas.config import ConfigError
 from rdtf.schemas.layout import DatasetLayout
 
 log = logging.getLogger("rdtf.preprocess")
@@ -101,6 +102,8 @@ class OutputLock:
 
     def acquire(self) -> None:
         """Take the lock, or raise OutputLockedError naming the live holder and what to do."""
+        if self.layout.fs.get_file_info(self.layout.root).type == pafs.FileType.File:
+            raise ConfigError(f"{self.layout.root} is a file: the output must be a folder (a new one, or its own)")
         self.layout.fs.create_dir(self.layout.root, recursive=True)
         held = self.read()
         if held is not None and held.get("owner") != self.owner:

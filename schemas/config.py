@@ -80,7 +80,10 @@ def load(cls: type[T], path: str | None = None, overrides: dict[str, Any] | None
     data: dict[str, Any] = {}
     if path:
         with open(path) as f:
-            data = yaml.safe_load(f) or {}
+            try:
+                data = yaml.safe_load(f) or {}
+            except yaml.YAMLError as error:
+                raise ConfigError(f"{path} is not a YAML file of settings: {error}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping of settings at the top level")
     for dotted, value in (overrides or {}).items():

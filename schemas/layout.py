@@ -49,9 +49,15 @@ def check_uri(uri: str) -> None:
 def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
     """Return the filesystem and the path inside it for a local path or a URI (checked by `check_uri`)."""
     if "://" not in uri:
+        scheme = uri.split(":/", 1)[0].lower() if ":/" in uri else ""
+        if scheme in SCHEMES:  # "s3:/bucket/x" would silently become a local folder named "s3:"
+            raise UnsafeURIError(f"{uri}: write {scheme}:// with two slashes (or ./{uri} for a local path)")
         return pafs.LocalFileSystem(), os.path.abspath(uri)
     check_uri(uri)
-    return pafs.FileSystem.from_uri(uri)
+    try:
+        return pafs.FileSystem.from_uri(uri)
+    except OSError as error:  # pyarrow asks a bucket's region first: a wrong name or no network fails here
+        raise FileNotFoundError(f"cannot open {uri}: {error} (does the bucket exist, and is it reachable?)") from None
 
 
 @dataclass(frozen=True)

@@ -195,3 +195,28 @@ def test_presets_are_named_and_a_missing_config_is_told_at_once(capsys: pytest.C
     with pytest.raises(SystemExit):
         main(["launch", "train", "--config", "tiny.yml", "--data", "d", "--out", "r"])
     assert "'tiny.yml' is neither a file nor a preset (paper, small, tiny)" in capsys.readouterr().err
+
+
+def test_path_mistakes_are_one_line_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Each of these was a traceback, or (s3:/) a dataset written into a local folder named 's3:'."""
+    make_corpus(tmp_path / "in", count=1)
+    (tmp_path / "a_file").write_text("x")
+    (tmp_path / "notes.yaml").write_text("a: b: c\n")
+    cases = [
+        (["preprocess", str(tmp_path / "in"), "--out", "s3:/bucket/out"], "write s3:// with two slashes"),
+        (["preprocess", str(tmp_path / "in"), "--out", str(tmp_path / "a_file")], "is a file: the output must be"),
+        (["preprocess", str(tmp_path / "in"), "--out", str(tmp_path / "o"), "--config", str(tmp_path / "notes.yaml")],
+         "is not a YAML file of settings"),
+    ]  # fmt: skip
+    for argv, message in cases:
+        assert main(argv) == 2 and message in capsys.readouterr().err, argv
+    assert not (tmp_path / "s3:").exists()
+
+
+def test_train_on_a_dataset_without_rows_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "x.gif").write_text("not a GIF")
+    assert main(["preprocess", str(tmp_path / "in"), "--out", str(tmp_path / "ds")]) == 0
+    capsys.readouterr()
+    assert main(["train", "--config", "tiny", "--data", str(tmp_path / "ds"), "--out", str(tmp_path / "r")]) == 2
+    assert "has no rows to train on" in capsys.readouterr().err

@@ -54,7 +54,19 @@ def build_parser() -> argparse.ArgumentParser:
     add_submit_parser(commands)
     add_jobs_parser(commands)
     add_launch_parser(commands)
+    _verbose_after_commands(parser)
     return parser
+
+
+def _verbose_after_commands(parser: argparse.ArgumentParser) -> None:
+    """-v after a command too (`rdtf stats DS -v`), not only before it; absent there, the one before stands."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for command in action.choices.values():
+                command.add_argument(
+                    "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log what every step does"
+                )
+                _verbose_after_commands(command)
 
 
 def use_project_extension_dir() -> None:

@@ -220,3 +220,11 @@ def test_train_on_a_dataset_without_rows_says_so(tmp_path: Path, capsys: pytest.
     capsys.readouterr()
     assert main(["train", "--config", "tiny", "--data", str(tmp_path / "ds"), "--out", str(tmp_path / "r")]) == 2
     assert "has no rows to train on" in capsys.readouterr().err
+
+
+def test_verbose_goes_before_or_after_the_command() -> None:
+    from rdtf.jobs.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["stats", "ds", "-v"]).verbose and parser.parse_args(["-v", "stats", "ds"]).verbose
+    assert parser.parse_args(["jobs", "list", "--verbose"]).verbose and not parser.parse_args(["stats", "ds"]).verbose

@@ -195,7 +195,10 @@ def ray_session(cfg: RayConfig, show_progress: bool) -> Iterator[None]:
     import ray.data  # configures Ray Data's loggers, adjusted below
 
     # Quiet by default: Ray's notices (token authentication, progress bars off, ...) on the console only with -v.
-    level = logging.INFO if log.isEnabledFor(logging.INFO) else logging.ERROR
+    # The workers' own output (open_clip's "no pretrained weights", ...) stays in their log files unless -v; their
+    # errors still reach the driver as exceptions.
+    loud = log.isEnabledFor(logging.INFO)
+    level = logging.INFO if loud else logging.ERROR
     started = not ray.is_initialized()
     if started and cfg.address:
         # Ship this checkout's `rdtf` package to the cluster's workers, so the cluster needs only the dependencies. As
@@ -203,13 +206,14 @@ def ray_session(cfg: RayConfig, show_progress: bool) -> Iterator[None]:
         # with the job's, and a module cannot be copied. Ray follows the package's links to the layout's folders.
         package = os.path.dirname(rdtf.__file__)
         _check_reachable(cfg.address)
-        ray.init(address=cfg.address, runtime_env={"py_modules": [package]}, logging_level=level)
+        ray.init(address=cfg.address, runtime_env={"py_modules": [package]}, logging_level=level, log_to_driver=loud)
     elif started:
         ray.init(
             num_cpus=cfg.num_cpus,
             object_store_memory=cfg.object_store_mb * 2**20,
             include_dashboard=False,
             logging_level=level,
+            log_to_driver=loud,
         )
     for handler in logging.getLogger("ray.data").handlers:  # Ray Data's per-execution lines stay in its log files
         if level > logging.INFO and not type(handler).__name__.endswith("FileHandler"):  # the console one

@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import sys
+import tempfile
 from typing import Any
 
 import duckdb
@@ -19,6 +21,8 @@ from rdtf.schemas.layout import DATA_DIR, TEMP_PREFIX, DatasetLayout
 from rdtf.schemas.query import QueryError, connect, relation, stream
 
 FORMATS = ("table", "csv", "json", "parquet")
+# --output's extension -> its format when --format is not given (DuckDB's JSON is JSON Lines: one object a line)
+EXTENSIONS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 SHARD_ROWS = 10_000  # rows per Parquet file of a --to dataset
 SHARD_BYTES = 256 * 2**20  # ... or fewer, when their rows hold more than this in memory (frames are large)
 
@@ -34,21 +38,39 @@ def add_query_parser(commands: Any) -> None:
             "with --format/--output, or kept as a new curated dataset with --to (the query must then keep every "
             "column, e.g. SELECT * ... WHERE ...)."
         ),
+        epilog="The views, their columns, exports and --to: docs/query.md.",
     )
     parser.add_argument("dataset", metavar="DATASET", help="a dataset folder or URI written by rdtf preprocess")
     parser.add_argument("sql", metavar="SQL", help='for example "SELECT count(*) FROM stickers WHERE num_frames >= 8"')
-    parser.add_argument("--format", choices=FORMATS, default="table", help="how to write the result (table)")
-    parser.add_argument("--output", metavar="FILE", help="write the result to this local file (csv, json, parquet)")
+    parser.add_argument(
+        "--format",
+        choices=FORMATS,
+        help="table (printed, the default), csv, json (JSON Lines: one object a line) or parquet (needs --output); "
+        "csv and json without --output are printed",
+    )
+    parser.add_argument(
+        "--output",
+        metavar="FILE",
+        help="write the result to this new local file; without --format, its extension says how "
+        "(.csv, .json or .jsonl, .parquet)",
+    )
     parser.add_argument("--to", metavar="NEW_DATASET", help="keep the selected rows as a new dataset (empty folder)")
-    parser.add_argument("--max-rows", type=int, default=40, help="rows printed by --format table (40)")
+    parser.add_argument(
+        "--max-rows", type=int, default=40, help="rows printed by --format table (40; --format csv prints them all)"
+    )
     parser.set_defaults(run=run, parser=parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.to and (args.output or args.format != "table"):
+    if args.to and (args.output or args.format):
         args.parser.error("--to writes a dataset: give it without --format and --output")
-    if (args.output is None) != (args.format == "table"):
-        args.parser.error("--format csv|json|parquet and --output FILE go together")
+    if args.max_rows < 1:
+        args.parser.error("--max-rows must be at least 1 (--format csv prints every row)")
+    fmt = args.format or (output_format(args.parser, args.output) if args.output else "table")
+    if fmt == "table" and args.output:
+        args.parser.error("--format table is printed: give csv, json or parquet with --output")
+    if fmt == "parquet" and not args.output:
+        args.parser.error("--format parquet is written to a file: give --output FILE")
     if args.output and os.path.exists(args.output):
         raise QueryError(f"{args.output} exists: give a new file for --output")
     con = connect(args.dataset)
@@ -56,11 +78,31 @@ def run(args: argparse.Namespace) -> int:
         rows, files = write_subset(con, args.sql, args.dataset, args.to)
         print(f"wrote {rows} rows in {files} files to {args.to} (a curated dataset; its card records the query)")
     elif args.output:
-        rows = export(con, args.sql, args.format, args.output)
-        print(f"wrote {rows} rows to {args.output} ({args.format})")
+        rows = export(con, args.sql, fmt, args.output)
+        print(f"wrote {rows} rows to {args.output} ({fmt})")
+    elif fmt != "table":
+        print_export(con, args.sql, fmt)
     else:
         show(con, args.sql, args.max_rows, mentioned=args.sql.lower())
     return 0
+
+
+def output_format(parser: argparse.ArgumentParser, path: str) -> str:
+    """The format --output's extension names (EXTENSIONS); a usage error for any other."""
+    extension = os.path.splitext(path)[1].lower()
+    if extension not in EXTENSIONS:
+        parser.error(f"--output {path}: give --format csv|json|parquet, or a name ending in {', '.join(EXTENSIONS)}")
+    return EXTENSIONS[extension]
+
+
+def print_export(con: duckdb.DuckDBPyConnection, sql: str, fmt: str) -> None:
+    """Print the result as --output would write it: exported to a temporary file, then copied to stdout (COPY
+    writes files only), so a pipe gets exactly the file's text."""
+    with tempfile.TemporaryDirectory(prefix="rdtf-query-") as folder:
+        path = os.path.join(folder, f"result.{fmt}")
+        export(con, sql, fmt, path)
+        with open(path, encoding="utf-8") as f:
+            shutil.copyfileobj(f, sys.stdout)
 
 
 def show(con: duckdb.DuckDBPyConnection, sql: str, max_rows: int, mentioned: str) -> None:

@@ -58,6 +58,46 @@ def test_export_formats(sticker_dataset: Path, tmp_path: Path, fmt: str) -> None
     assert got == expected
 
 
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".parquet"])
+def test_the_output_extension_gives_the_format(
+    sticker_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], suffix: str
+) -> None:
+    target = tmp_path / f"result{suffix}"
+    assert main(["query", str(sticker_dataset), "SELECT sample_id FROM stickers", "--output", str(target)]) == 0
+    fmt = {".csv": "csv", ".jsonl": "json", ".parquet": "parquet"}[suffix]
+    assert capsys.readouterr().out.strip().endswith(f"({fmt})")
+    if fmt == "parquet":
+        assert pq.read_table(target).num_rows == 24
+    else:
+        assert len(target.read_text().splitlines()) == 24 + (fmt == "csv")  # csv: a header line
+
+
+def test_csv_and_json_without_output_are_printed(sticker_dataset: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    sql = "SELECT sample_id, num_frames FROM stickers ORDER BY sample_id"
+    assert main(["query", str(sticker_dataset), sql, "--format", "csv"]) == 0
+    rows = list(csv.DictReader(capsys.readouterr().out.splitlines()))
+    assert len(rows) == 24 and rows == sorted(rows, key=lambda row: row["sample_id"])
+    assert main(["query", str(sticker_dataset), sql, "--format", "json"]) == 0
+    assert [json.loads(line)["sample_id"] for line in capsys.readouterr().out.splitlines()] == [
+        row["sample_id"] for row in rows
+    ]
+
+
+@pytest.mark.parametrize(
+    ("flags", "says"),
+    [
+        (["--max-rows", "-1"], "--max-rows must be at least 1"),
+        (["--format", "parquet"], "--format parquet is written to a file: give --output FILE"),
+        (["--output", "result.txt"], "give --format csv|json|parquet, or a name ending in .csv"),
+        (["--format", "table", "--output", "result.csv"], "--format table is printed"),
+    ],
+)
+def test_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str], says: str) -> None:
+    with pytest.raises(SystemExit) as exit:
+        main(["query", str(tmp_path), "SELECT * FROM stickers", *flags])
+    assert exit.value.code == 2 and says in capsys.readouterr().err
+
+
 def test_to_makes_a_dataset_that_records_its_parent(sticker_dataset: Path, tmp_path: Path) -> None:
     target = tmp_path / "hardest"
     sql = "SELECT * FROM stickers ORDER BY static_difficulty DESC LIMIT 5"

@@ -18,6 +18,7 @@ import sys
 from typing import Any
 
 from rdtf.jobs.console import importing_quietly
+from rdtf.schemas.config import ConfigError
 from rdtf.trainer.tasks import NUM_FRAMES, TASKS
 
 DEFAULT_TASKS = (
@@ -26,6 +27,9 @@ DEFAULT_TASKS = (
 RANDOM_WARNING = "{what} weights are RANDOM: {measure} only shows that the measure runs (tests and demos)"
 GIF_MS = 125  # 8 frames a second, as the pipeline samples
 SHOWN_PX = 128  # examples are drawn this wide on the page (pixels scaled without smoothing)
+# As rdtf.trainer.evaluate's (which imports torch), so that --keyframes is checked before seconds of imports;
+# tests/jobs/test_cli_errors.py keeps them equal.
+MIN_KEYFRAMES = 5
 
 
 def add_eval_parser(commands: Any) -> None:
@@ -42,13 +46,24 @@ def add_eval_parser(commands: Any) -> None:
     )
     parser.add_argument("--checkpoint", required=True, metavar="RUN_DIR", help="a run folder written by rdtf train")
     parser.add_argument("--data", required=True, metavar="HELDOUT_DATASET", help="a dataset of clips not trained on")
-    parser.add_argument("--tasks", default=DEFAULT_TASKS, help=f"comma-separated, of {','.join(TASKS)}")
-    parser.add_argument("--out", required=True, metavar="REPORT_DIR")
-    parser.add_argument("--clips", type=int, default=64, help="score the first N held-out clips (file order)")
+    parser.add_argument(
+        "--tasks", default=DEFAULT_TASKS, help=f"comma-separated, of {','.join(TASKS)} (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--out", required=True, metavar="REPORT_DIR", help="a new or existing folder for report.json and index.html"
+    )
+    parser.add_argument(
+        "--clips", type=int, default=64, help="score the first N held-out clips (file order; %(default)s)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="every noise draw comes from it: same seed, same report")
     parser.add_argument("--steps", type=int, help="DDIM steps (default: the run's diffusion.sample_steps)")
-    parser.add_argument("--draws", type=int, default=4, help="noise draws per clip and task for the loss")
-    parser.add_argument("--keyframes", type=int, default=8, help="k keyframes per held-out clip, 5..8")
+    parser.add_argument("--draws", type=int, default=4, help="noise draws per clip and task for the loss (%(default)s)")
+    parser.add_argument(
+        "--keyframes",
+        type=int,
+        default=8,
+        help=f"k keyframes per held-out clip, {MIN_KEYFRAMES}..{NUM_FRAMES} (%(default)s)",
+    )
     parser.add_argument(
         "--i3d-weights",
         required=True,
@@ -63,7 +78,7 @@ def add_eval_parser(commands: Any) -> None:
     )
     parser.add_argument("--text-scale", type=float, help="text guidance (default: the run's diffusion.text_scale)")
     parser.add_argument("--image-scale", type=float, help="image guidance (default: the run's diffusion.image_scale)")
-    parser.add_argument("--examples", type=int, default=4, help="clips shown on the page")
+    parser.add_argument("--examples", type=int, default=4, help="clips shown on the page (%(default)s)")
     parser.add_argument("--no-ema", action="store_true", help="use the raw weights even when EMA weights exist")
     parser.set_defaults(run=run, parser=parser)
 
@@ -84,13 +99,6 @@ def run(args: argparse.Namespace) -> int:
     tasks = [task.strip() for task in args.tasks.split(",") if task.strip()]
     if unknown := [task for task in tasks if task not in TASKS]:
         args.parser.error(f"--tasks: unknown {', '.join(unknown)}; choose from {', '.join(TASKS)}")
-    with importing_quietly():
-        import torch.distributed as dist
-
-        from rdtf.schemas.config import ConfigError
-        from rdtf.trainer.evaluate import CONFIDENCE, MIN_KEYFRAMES, evaluate
-        from rdtf.trainer.sample import load_run_config
-
     # clips: FVD compares two sets; keyframes: fewer than MIN_KEYFRAMES leave a task nothing to give or predict
     least = {"clips": 2, "steps": 1, "draws": 1, "keyframes": MIN_KEYFRAMES, "i3d_size": 32, "examples": 0}
     for flag, minimum in least.items():
@@ -98,6 +106,14 @@ def run(args: argparse.Namespace) -> int:
             args.parser.error(f"--{flag.replace('_', '-')} must be at least {minimum}")
     if args.keyframes > NUM_FRAMES:
         args.parser.error(f"--keyframes must be at most {NUM_FRAMES}, the frames of a generated clip")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):  # told now, not after the whole evaluation
+        raise ConfigError(f"--out {args.out} is a file: give a folder for the report (new or existing)")
+    with importing_quietly():
+        import torch.distributed as dist
+
+        from rdtf.trainer.evaluate import CONFIDENCE, evaluate
+        from rdtf.trainer.sample import load_run_config
+
     cfg = load_run_config(args.checkpoint)
     clip_weights = args.clip_weights or cfg.text.weights
     _init_processes()

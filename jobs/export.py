@@ -3,9 +3,27 @@
 from __future__ import annotations
 
 import argparse
+import os
+import re
 from typing import Any
 
 from rdtf.jobs.console import importing_quietly
+from rdtf.schemas.config import ConfigError
+
+# The run folder's layout, as rdtf.trainer.checkpoint writes it (that module imports DeepSpeed): here so that a wrong
+# RUN or --step is told before seconds of imports; tests/jobs/test_cli_errors.py keeps them equal.
+CONFIG_FILE = "config.json"
+CHECKPOINTS = "checkpoints"
+STEP_TAG = re.compile(r"step-\d{8}")
+
+
+def step_tag(value: str) -> str:
+    """`--step 500` or `--step step-00000500` -> "step-00000500" (checkpoint.tag's form)."""
+    if value.isdigit():
+        return f"step-{int(value):08d}"
+    if STEP_TAG.fullmatch(value):
+        return value
+    raise argparse.ArgumentTypeError(f"{value!r} is not a step (500) or a checkpoint tag (step-00000500)")
 
 
 def add_export_parser(commands: Any) -> None:
@@ -22,12 +40,31 @@ def add_export_parser(commands: Any) -> None:
     )
     parser.add_argument("run_dir", metavar="RUN", help="a run folder written by rdtf train")
     parser.add_argument("--out", required=True, metavar="PIPELINE_DIR", help="a new or empty folder")
-    parser.add_argument("--step", help="the checkpoint: a step (500) or a tag (step-00000500); default the last")
+    parser.add_argument(
+        "--step", type=step_tag, help="the checkpoint: a step (500) or a tag (step-00000500); default the last"
+    )
     parser.add_argument("--no-ema", action="store_true", help="the raw weights even when EMA weights exist")
     parser.set_defaults(run=run)
 
 
+def check_paths(run_dir: str, out: str, step: str | None) -> None:
+    """What can be told without the trainer: --out is a new or empty folder, RUN a run folder, --step one it kept."""
+    if os.path.isfile(out):
+        raise ConfigError(f"--out {out} is a file, not a folder: give a new or empty folder for the pipeline")
+    if os.path.isdir(out) and os.listdir(out):
+        raise ConfigError(f"--out {out} is not empty: give a new or empty folder for the pipeline")
+    if not os.path.isfile(os.path.join(run_dir, CONFIG_FILE)):
+        raise FileNotFoundError(f"{run_dir} is not an rdtf run folder: {CONFIG_FILE} is missing")
+    folder = os.path.join(run_dir, CHECKPOINTS)
+    if step is not None and not os.path.isdir(os.path.join(folder, step)):
+        kept = sorted(name for name in os.listdir(folder) if STEP_TAG.fullmatch(name)) if os.path.isdir(folder) else []
+        raise FileNotFoundError(
+            f"{run_dir} has no checkpoint {step}; it keeps {', '.join(kept) or 'none'} (run.keep_checkpoints)"
+        )
+
+
 def run(args: argparse.Namespace) -> int:
+    check_paths(args.run_dir, args.out, args.step)
     with importing_quietly():
         from rdtf.trainer.export import export_pipeline
 

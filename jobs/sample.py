@@ -6,7 +6,13 @@ import argparse
 from typing import Any
 
 from rdtf.jobs.console import importing_quietly
+from rdtf.schemas.config import ConfigError
 from rdtf.trainer.tasks import TASKS
+
+# As rdtf.trainer.sample's (which imports torch): here so that a missing flag is told before seconds of imports;
+# tests/jobs/test_cli_errors.py keeps them equal.
+NEEDS_IMAGE = ("i2v", "it2v")
+NEEDS_GIF = ("interpolate", "predict-pre", "predict-post")
 
 
 def add_sample_parser(commands: Any) -> None:
@@ -19,15 +25,16 @@ def add_sample_parser(commands: Any) -> None:
             "positions are given), predict-pre (--gif: its last half is given), predict-post (--gif: its first "
             "half is given)."
         ),
+        epilog="Sampling, guidance and the run folder: docs/train.md (Sampling).",
     )
     parser.add_argument("--checkpoint", required=True, metavar="RUN_DIR", help="a run folder written by rdtf train")
-    parser.add_argument("--task", required=True, choices=TASKS)
+    parser.add_argument("--task", required=True, choices=TASKS, help="what to generate from what (see above)")
     parser.add_argument("--text", default="", help="the caption (every task but i2v uses it)")
     parser.add_argument("--image", help="the given frame for i2v and it2v")
     parser.add_argument("--gif", help="the animation whose frames are given for interpolate and predict-*")
-    parser.add_argument("--out", required=True, metavar="OUT.gif")
+    parser.add_argument("--out", required=True, metavar="OUT.gif", help="the GIF to write")
     parser.add_argument("--steps", type=int, help="DDIM steps (the run's diffusion.sample_steps, 50)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="the noise draws come from it (0)")
     parser.add_argument(
         "--text-scale", type=float, help="text guidance (default: the run's diffusion.text_scale; tiny 1, paper 7.5)"
     )
@@ -38,16 +45,38 @@ def add_sample_parser(commands: Any) -> None:
     parser.set_defaults(run=run, parser=parser)
 
 
-def run(args: argparse.Namespace) -> int:
-    with importing_quietly():
-        from rdtf.trainer.sample import NEEDS_GIF, NEEDS_IMAGE, SampleRequest, sample
+def check_picture(flag: str, path: str, wanted: str) -> None:
+    """Read the file's header with PIL (no torch), so that a wrong file is told before the model loads."""
+    from PIL import Image, UnidentifiedImageError
 
+    try:
+        with Image.open(path):
+            pass
+    except UnidentifiedImageError:
+        raise ConfigError(f"{flag} {path} is not an image PIL can read: give {wanted}") from None
+    except OSError as error:
+        raise ConfigError(f"{flag} {path}: {error.strerror or error}") from None
+
+
+def run(args: argparse.Namespace) -> int:
     if args.task in NEEDS_IMAGE and not args.image:
         args.parser.error(f"--task {args.task} needs --image (the given frame)")
     if args.task in NEEDS_GIF and not args.gif:
         args.parser.error(f"--task {args.task} needs --gif (the animation whose frames are given)")
     if args.task in ("t2v", "it2v") and not args.text:
         args.parser.error(f"--task {args.task} needs --text")
+    if args.steps is not None and args.steps < 1:
+        args.parser.error("--steps must be at least 1")
+    for flag in ("text_scale", "image_scale"):  # 0: no condition, 1: no guidance; below 0 steers away from it
+        if getattr(args, flag) is not None and getattr(args, flag) < 0:
+            args.parser.error(f"--{flag.replace('_', '-')} must be at least 0")
+    if args.task in NEEDS_IMAGE:
+        check_picture("--image", args.image, "a PNG, JPEG, WebP or GIF (its first frame is used)")
+    if args.task in NEEDS_GIF:
+        check_picture("--gif", args.gif, "a GIF (or an animated WebP or PNG)")
+    with importing_quietly():
+        from rdtf.trainer.sample import SampleRequest, sample
+
     request = SampleRequest(
         task=args.task,
         text=args.text,

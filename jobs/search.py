@@ -30,6 +30,7 @@ def add_search_parser(commands: Any) -> None:
             "print the k nearest stickers with their cosine similarity. The first search builds an index in "
             "DATASET/index/ (FAISS); it is rebuilt when the dataset's files change."
         ),
+        epilog="The index, the CLIP checkpoint and the Python API: docs/query.md (Searching a dataset).",
     )
     parser.add_argument("dataset", metavar="DATASET", help="a dataset preprocessed with --clip-weights")
     parser.add_argument("text", metavar="TEXT", nargs="?", help="what to look for, in words")
@@ -71,6 +72,11 @@ def search(
     source_uri, caption and `score` (cosine similarity). Builds or refreshes the index in DATASET/index/ first."""
     if (text is None) == (image is None):
         raise SearchError("give a text or an image to search for (one of them)")
+    # told before the seconds of loading CLIP (torch, open_clip) and building the index
+    if text is not None and not text.strip():
+        raise SearchError("the search text is empty")
+    if image is not None and not os.path.isfile(image):
+        raise SearchError(f"--image {image}: no such file")
     reader = open_dataset(dataset)
     clip = (reader.card.get("clip") or {}) if reader.card else {}
     if clip.get("status") == "skipped" or "model" not in clip:
@@ -126,8 +132,6 @@ class QueryEncoder:
     def text(self, text: str) -> np.ndarray:
         import torch
 
-        if not text.strip():
-            raise SearchError("the search text is empty")
         with torch.inference_mode():
             embedding = self.model.encode_text(self.tokenizer([text]))[0].float()
         return torch.nn.functional.normalize(embedding, dim=-1).numpy()
@@ -143,8 +147,6 @@ class QueryEncoder:
         from rdtf.pipeline.probe import probe
         from rdtf.pipeline.stage import Reject
 
-        if not os.path.isfile(path):
-            raise SearchError(f"--image {path}: no such file")
         with open(path, "rb") as f:
             data = f.read()
         try:

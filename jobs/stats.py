@@ -8,11 +8,13 @@ gallery read from the first files only (jobs/stats_page.py).
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
 import duckdb
 
+from rdtf.schemas.config import ConfigError
 from rdtf.schemas.query import connect
 from rdtf.schemas.reader import DatasetReader, open_dataset
 
@@ -61,6 +63,7 @@ def add_stats_parser(commands: Any) -> None:
             "one self-contained page with the same plots and animated thumbnails: a sticker per difficulty decile "
             "and rejects with their reasons."
         ),
+        epilog="Every figure and the page: docs/query.md (Looking at a dataset).",
     )
     parser.add_argument("dataset", metavar="DATASET", help="a dataset folder or URI written by rdtf preprocess")
     parser.add_argument("--html", metavar="OUT.html", help="also write a page to open in a browser")
@@ -68,6 +71,12 @@ def add_stats_parser(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.html:  # told now, not after every figure is printed
+        folder = os.path.dirname(os.path.abspath(args.html))
+        if not os.path.isdir(folder):
+            raise ConfigError(f"--html {args.html}: the folder {folder} does not exist")
+        if os.path.isdir(args.html):
+            raise ConfigError(f"--html {args.html} is a folder: give a file name for the page (OUT.html)")
     reader = open_dataset(args.dataset)
     stats = compute(reader, args.dataset)
     print(render_text(stats))

@@ -86,9 +86,9 @@ def train_command(args: argparse.Namespace, data: Path, run: Path, row: str, see
 
 def train_run(args: argparse.Namespace, data: Path, run: Path, row: str, seed: int) -> float | None:
     """Train one run (or finish it); None when it already had its final checkpoint."""
-    from rdtf.trainer import checkpoint
+    from rdtf.trainer import checkpoint, run_folder
 
-    if checkpoint.latest_tag(str(run)) == checkpoint.tag(args.steps):
+    if checkpoint.latest_tag(str(run)) == run_folder.tag(args.steps):
         return None
     run.mkdir(parents=True, exist_ok=True)
     return run_logged(train_command(args, data, run, row, seed), run.parent / f"{run.name}.log")

@@ -19,7 +19,7 @@ from typing import Any
 
 from rdtf.jobs.console import importing_quietly
 from rdtf.schemas.config import ConfigError
-from rdtf.trainer.tasks import NUM_FRAMES, TASKS
+from rdtf.trainer.tasks import MIN_KEYFRAMES, NUM_FRAMES, TASKS
 
 DEFAULT_TASKS = (
     "it2v,interpolate,predict-post"  # the paper's three tables: text&image to GIF, interpolation, prediction
@@ -27,9 +27,6 @@ DEFAULT_TASKS = (
 RANDOM_WARNING = "{what} weights are RANDOM: {measure} only shows that the measure runs (tests and demos)"
 GIF_MS = 125  # 8 frames a second, as the pipeline samples
 SHOWN_PX = 128  # examples are drawn this wide on the page (pixels scaled without smoothing)
-# As rdtf.trainer.evaluate's (which imports torch), so that --keyframes is checked before seconds of imports;
-# tests/jobs/test_cli_errors.py keeps them equal.
-MIN_KEYFRAMES = 5
 
 
 def add_eval_parser(commands: Any) -> None:

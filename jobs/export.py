@@ -4,24 +4,18 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 from typing import Any
 
 from rdtf.jobs.console import importing_quietly
 from rdtf.schemas.config import ConfigError
-
-# The run folder's layout, as rdtf.trainer.checkpoint writes it (that module imports DeepSpeed): here so that a wrong
-# RUN or --step is told before seconds of imports; tests/jobs/test_cli_errors.py keeps them equal.
-CONFIG_FILE = "config.json"
-CHECKPOINTS = "checkpoints"
-STEP_TAG = re.compile(r"step-\d{8}")
+from rdtf.trainer.run_folder import CHECKPOINTS, CONFIG_FILE, TAG, tag
 
 
 def step_tag(value: str) -> str:
-    """`--step 500` or `--step step-00000500` -> "step-00000500" (checkpoint.tag's form)."""
+    """`--step 500` or `--step step-00000500` -> "step-00000500" (a checkpoint's folder name)."""
     if value.isdigit():
-        return f"step-{int(value):08d}"
-    if STEP_TAG.fullmatch(value):
+        return tag(int(value))
+    if TAG.fullmatch(value):
         return value
     raise argparse.ArgumentTypeError(f"{value!r} is not a step (500) or a checkpoint tag (step-00000500)")
 
@@ -57,7 +51,7 @@ def check_paths(run_dir: str, out: str, step: str | None) -> None:
         raise FileNotFoundError(f"{run_dir} is not an rdtf run folder: {CONFIG_FILE} is missing")
     folder = os.path.join(run_dir, CHECKPOINTS)
     if step is not None and not os.path.isdir(os.path.join(folder, step)):
-        kept = sorted(name for name in os.listdir(folder) if STEP_TAG.fullmatch(name)) if os.path.isdir(folder) else []
+        kept = sorted(name for name in os.listdir(folder) if TAG.fullmatch(name)) if os.path.isdir(folder) else []
         raise FileNotFoundError(
             f"{run_dir} has no checkpoint {step}; it keeps {', '.join(kept) or 'none'} (run.keep_checkpoints)"
         )

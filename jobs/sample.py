@@ -7,12 +7,7 @@ from typing import Any
 
 from rdtf.jobs.console import importing_quietly
 from rdtf.schemas.config import ConfigError
-from rdtf.trainer.tasks import TASKS
-
-# As rdtf.trainer.sample's (which imports torch): here so that a missing flag is told before seconds of imports;
-# tests/jobs/test_cli_errors.py keeps them equal.
-NEEDS_IMAGE = ("i2v", "it2v")
-NEEDS_GIF = ("interpolate", "predict-pre", "predict-post")
+from rdtf.trainer.tasks import NEEDS_GIF, NEEDS_IMAGE, TASKS
 
 
 def add_sample_parser(commands: Any) -> None:

@@ -16,7 +16,7 @@ from conftest import REPO
 from s3_server import S3Server, rdtf_cli
 
 from rdtf.schemas.layout import resolve
-from rdtf.trainer import checkpoint
+from rdtf.trainer import run_folder
 from rdtf.trainer.run_store import RunStore
 
 sys.path.insert(0, str(REPO / "tests" / "trainer"))
@@ -100,18 +100,18 @@ def test_an_out_that_cannot_be_written_or_names_an_endpoint_is_one_line(s3_serve
 def test_run_store_copies_files_and_folders_both_ways(s3_server, s3_env, tmp_path):
     store = RunStore.open(f"s3://{s3_server.bucket}/runs/store", rank=3)
     try:
-        os.makedirs(store.path(checkpoint.CHECKPOINTS, "step-00000001"))
-        with open(store.path(checkpoint.CHECKPOINTS, "step-00000001", "a.pt"), "w") as f:
+        os.makedirs(store.path(run_folder.CHECKPOINTS, "step-00000001"))
+        with open(store.path(run_folder.CHECKPOINTS, "step-00000001", "a.pt"), "w") as f:
             f.write("weights")
-        store.push(f"{checkpoint.CHECKPOINTS}/step-00000001", drop_local=True)
-        assert not os.path.exists(store.path(checkpoint.CHECKPOINTS, "step-00000001"))
-        assert store.names(checkpoint.CHECKPOINTS) == ["step-00000001"]
-        assert store.pull(f"{checkpoint.CHECKPOINTS}/step-00000001")
-        with open(store.path(checkpoint.CHECKPOINTS, "step-00000001", "a.pt")) as f:
+        store.push(f"{run_folder.CHECKPOINTS}/step-00000001", drop_local=True)
+        assert not os.path.exists(store.path(run_folder.CHECKPOINTS, "step-00000001"))
+        assert store.names(run_folder.CHECKPOINTS) == ["step-00000001"]
+        assert store.pull(f"{run_folder.CHECKPOINTS}/step-00000001")
+        with open(store.path(run_folder.CHECKPOINTS, "step-00000001", "a.pt")) as f:
             assert f.read() == "weights"
         assert not store.pull("missing.json")
-        store.remove(f"{checkpoint.CHECKPOINTS}/step-00000001")
-        assert store.names(checkpoint.CHECKPOINTS) == []
+        store.remove(f"{run_folder.CHECKPOINTS}/step-00000001")
+        assert store.names(run_folder.CHECKPOINTS) == []
     finally:
         store.close()
     assert not os.path.exists(store.local)

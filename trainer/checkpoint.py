@@ -17,7 +17,6 @@ Checkpoints are loaded with `torch.load(weights_only=False)` (DeepSpeed does the
 from __future__ import annotations
 
 import os
-import re
 import socket
 import uuid
 from contextlib import nullcontext
@@ -28,18 +27,12 @@ import torch
 import torch.distributed as dist
 
 from rdtf.schemas.config import ConfigError
+from rdtf.trainer.run_folder import CHECKPOINTS, LATEST, TAG, tag
 from rdtf.trainer.run_store import RunStore
 
-CONFIG_FILE = "config.json"  # RUN_DIR/config.json: the resolved config of the run
-CHECKPOINTS = "checkpoints"
-LATEST = "latest"
 RUN_TOKEN = ".rank0-token"  # RUN_DIR/.rank0-token: rewritten at every start to check that all ranks see RUN_DIR
 MODEL_DIR = "model"
 EMA_DIR = "ema"
-
-
-def tag(step: int) -> str:
-    return f"step-{step:08d}"
 
 
 def _state_file(folder: str, rank: int) -> str:
@@ -197,7 +190,7 @@ def prune(run: RunStore | str, keep: int) -> list[str]:
     """Delete all but the newest `keep` checkpoints (never the one `latest` names); rank 0 only, after a save (its
     `latest` is then in the local or staging folder)."""
     store = RunStore.of(run)
-    tags = [name for name in store.names(CHECKPOINTS) if re.fullmatch(r"step-\d{8}", name)]
+    tags = [name for name in store.names(CHECKPOINTS) if TAG.fullmatch(name)]
     current = latest_tag(store.local)
     removed = [t for t in tags[:-keep] if t != current]
     for old in removed:

@@ -45,16 +45,13 @@ from rdtf.trainer.latents import load_codec
 from rdtf.trainer.masks import frame_mask, masked_mse
 from rdtf.trainer.media import clip_to_frames
 from rdtf.trainer.sample import GIVEN, load_run_config
-from rdtf.trainer.tasks import NUM_FRAMES, TASKS, TEXT_ON
+from rdtf.trainer.tasks import MIN_KEYFRAMES, NUM_FRAMES, TASKS, TEXT_ON
 from rdtf.trainer.text import TextEncoder
 
 # Tasks whose generated frames have real counterparts to compare with: the frames around the given ones exist in
 # the held-out clip. (t2v / i2v / it2v have no single right answer: loss, FVD and CLIP similarity only.)
 FRAME_TASKS = ("interpolate", "predict-pre", "predict-post")
 DATA_RANGE = 255  # PSNR and SSIM on uint8 frames
-# With fewer than 5 frames, GIVEN's predict-post (frames 0..3) would give every valid frame and predict-pre (4..7)
-# none: 5 is the fewest keyframes for which every task both gives and predicts a frame.
-MIN_KEYFRAMES = 5
 # Clips per forward pass. CPU: measured on the tiny preset (2 cores, 1 thread), a clip costs the same alone as in a
 # batch of 4 (about 0.4 s per forward), so batches buy nothing and 1 keeps every clip's generation noise its own.
 CPU_BATCH = 1

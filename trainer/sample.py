@@ -16,13 +16,13 @@ import numpy as np
 import torch
 
 from rdtf.schemas.config import from_dict
-from rdtf.trainer import checkpoint
+from rdtf.trainer import checkpoint, run_folder
 from rdtf.trainer.config import TrainConfig, upgrade_saved
 from rdtf.trainer.dfgn import DFGN
 from rdtf.trainer.diffusion import generate, sample_scheduler
 from rdtf.trainer.latents import load_codec
 from rdtf.trainer.media import clip_to_frames, frames_to_clip, read_frames, read_image, write_gif
-from rdtf.trainer.tasks import NUM_FRAMES, TEXT_ON
+from rdtf.trainer.tasks import NEEDS_GIF, NEEDS_IMAGE, NUM_FRAMES, TEXT_ON
 from rdtf.trainer.text import TextEncoder
 
 HALF = NUM_FRAMES // 2
@@ -34,8 +34,6 @@ GIVEN = {  # task -> the frames given at sampling time
     "predict-pre": list(range(HALF, NUM_FRAMES)),
     "predict-post": list(range(HALF)),
 }
-NEEDS_IMAGE = ("i2v", "it2v")
-NEEDS_GIF = ("interpolate", "predict-pre", "predict-post")
 
 
 @dataclass
@@ -54,9 +52,9 @@ class SampleRequest:
 
 
 def load_run_config(run_dir: str) -> TrainConfig:
-    path = os.path.join(run_dir, checkpoint.CONFIG_FILE)
+    path = os.path.join(run_dir, run_folder.CONFIG_FILE)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{run_dir} is not an rdtf run folder: {checkpoint.CONFIG_FILE} is missing")
+        raise FileNotFoundError(f"{run_dir} is not an rdtf run folder: {run_folder.CONFIG_FILE} is missing")
     with open(path) as f:
         return from_dict(TrainConfig, upgrade_saved(json.load(f)["config"]))  # runs saved before issue 12 too
 

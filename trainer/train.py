@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from rdtf.schemas.config import ConfigError, to_dict
 from rdtf.schemas.reader import open_dataset
-from rdtf.trainer import checkpoint
+from rdtf.trainer import checkpoint, run_folder
 from rdtf.trainer.config import TrainConfig, upgrade_saved
 from rdtf.trainer.curriculum import Curriculum
 from rdtf.trainer.data import Batch, ClipLoader, ParquetRows
@@ -81,7 +81,7 @@ class TrainSummary:
             + ", ".join(f"{task} {loss:.4f}" for task, loss in sorted(self.losses.items())),
             "mean loss on the frames each task generates (given frames excluded): "
             + ", ".join(f"{task} {loss:.4f}" for task, loss in sorted(self.generated_losses.items())),
-            f"checkpoints: {self.run_dir}/{checkpoint.CHECKPOINTS}/ (sample with `rdtf sample --checkpoint "
+            f"checkpoints: {self.run_dir}/{run_folder.CHECKPOINTS}/ (sample with `rdtf sample --checkpoint "
             f"{self.run_dir}`), TensorBoard: {self.run_dir}/tb, per-step log: {self.run_dir}/{METRICS_FILE}",
         ]
         return lines
@@ -245,11 +245,11 @@ def prepare_run(run: RunStore | str, cfg: TrainConfig, data: str, dataset: str, 
     store = RunStore.of(run)
     run_dir = store.uri
     resolved = {"config": to_dict(cfg), "dataset": dataset, "data": data}
-    path = store.path(checkpoint.CONFIG_FILE)
+    path = store.path(run_folder.CONFIG_FILE)
     problem, saved_exists = [None], False
     if rank == 0:
         try:
-            saved_exists = store.pull(checkpoint.CONFIG_FILE)
+            saved_exists = store.pull(run_folder.CONFIG_FILE)
         except OSError as error:
             problem[0] = f"cannot read {run_dir}: {error}"
     if saved_exists:
@@ -268,7 +268,7 @@ def prepare_run(run: RunStore | str, cfg: TrainConfig, data: str, dataset: str, 
             )
             problem[0] = (
                 f"{run_dir} holds a run with other settings: {details}. These change the run's results: use a new "
-                f"--out folder, or the saved settings ({os.path.join(run_dir, checkpoint.CONFIG_FILE)}) to resume"
+                f"--out folder, or the saved settings ({os.path.join(run_dir, run_folder.CONFIG_FILE)}) to resume"
             )
     dist.broadcast_object_list(problem, src=0)
     if problem[0]:
@@ -278,7 +278,7 @@ def prepare_run(run: RunStore | str, cfg: TrainConfig, data: str, dataset: str, 
         with open(path + ".tmp", "w") as f:
             json.dump(resolved, f, indent=2)
         os.replace(path + ".tmp", path)
-        store.push(checkpoint.CONFIG_FILE)
+        store.push(run_folder.CONFIG_FILE)
     dist.barrier()
     return resolved
 
@@ -549,7 +549,7 @@ def train(
         if cfg.run.sample_every and step % cfg.run.sample_every == 0:
             frames = preview(engine.module, cfg, codec, text_encoder, prompt, latent_shape, device, seed)
             if is_main:
-                path = store.path("samples", f"{checkpoint.tag(step)}.gif")
+                path = store.path("samples", f"{run_folder.tag(step)}.gif")
                 write_gif(frames, path)
                 tb.add_images("sample/t2v", frames, step, dataformats="NHWC")
         # 7f. checkpoints: every rank saves its part; rank 0 prunes old ones
@@ -564,16 +564,16 @@ def train(
             if is_main:
                 checkpoint.prune(store, cfg.run.keep_checkpoints)
                 if cfg.run.export_every_checkpoint:  # a diffusers pipeline folder beside the checkpoint's weights
-                    export_pipeline(store.local, os.path.join(folder, EXPORT_DIR), checkpoint.tag(step))
+                    export_pipeline(store.local, os.path.join(folder, EXPORT_DIR), run_folder.tag(step))
                 tb.flush()
                 _upload_logs(store)
             dist.barrier()
             if on_checkpoint is not None:
-                tag_uri = f"{run_dir.rstrip('/')}/{checkpoint.CHECKPOINTS}/{checkpoint.tag(step)}"
+                tag_uri = f"{run_dir.rstrip('/')}/{run_folder.CHECKPOINTS}/{run_folder.tag(step)}"
                 on_checkpoint({"step": step, "loss": last_loss, "checkpoint": tag_uri})
         # 7g. a small evaluation of the checkpoint just saved, on held-out clips (eval.every: a multiple of the above)
         if cfg.eval.every and step % cfg.eval.every == 0:
-            scalars = training_scalars(store.local, cfg, checkpoint.tag(step), device)
+            scalars = training_scalars(store.local, cfg, run_folder.tag(step), device)
             if tb is not None:
                 for name, value in scalars.items():
                     tb.add_scalar(name, value, step)
@@ -611,7 +611,7 @@ def _ema(
     if cfg.optim.ema_decay is None:
         return None
     if resumed_step is not None:
-        folder = os.path.join(run_dir, checkpoint.CHECKPOINTS, checkpoint.tag(resumed_step), checkpoint.EMA_DIR)
+        folder = os.path.join(run_dir, run_folder.CHECKPOINTS, run_folder.tag(resumed_step), checkpoint.EMA_DIR)
         if os.path.isdir(folder):
             ema = EMAModel.from_pretrained(folder, model_cls=DFGN)
             ema.decay = cfg.optim.ema_decay

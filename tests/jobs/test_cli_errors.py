@@ -140,17 +140,3 @@ def test_eval_help_shows_the_defaults(capsys: pytest.CaptureFixture[str], monkey
         main(["eval", "--help"])
     out = " ".join(capsys.readouterr().out.split())
     assert "it2v,interpolate,predict-post" in out and "file order; 64" in out and "5..8 (8)" in out
-
-
-def test_the_copies_made_to_skip_imports_match_the_trainer() -> None:
-    """sample, eval and export keep a few of the trainer's constants, to check flags without importing it."""
-    from rdtf.jobs import eval as jobs_eval
-    from rdtf.jobs import export as jobs_export
-    from rdtf.jobs import sample as jobs_sample
-    from rdtf.trainer import checkpoint, evaluate
-    from rdtf.trainer import sample as trainer_sample
-
-    assert (jobs_sample.NEEDS_IMAGE, jobs_sample.NEEDS_GIF) == (trainer_sample.NEEDS_IMAGE, trainer_sample.NEEDS_GIF)
-    assert jobs_eval.MIN_KEYFRAMES == evaluate.MIN_KEYFRAMES
-    assert (jobs_export.CONFIG_FILE, jobs_export.CHECKPOINTS) == (checkpoint.CONFIG_FILE, checkpoint.CHECKPOINTS)
-    assert jobs_export.step_tag("500") == jobs_export.step_tag(checkpoint.tag(500)) == checkpoint.tag(500)

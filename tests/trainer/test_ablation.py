@@ -27,7 +27,7 @@ from scipy import stats
 from rdtf.jobs.cli import build_parser
 from rdtf.jobs.train import FLAG_KEYS, flag_value
 from rdtf.schemas.config import ConfigError, from_dict, load, to_dict
-from rdtf.trainer import checkpoint
+from rdtf.trainer import run_folder
 from rdtf.trainer.config import TrainConfig, upgrade_saved
 from rdtf.trainer.curriculum import TASK_GROUP, Curriculum, CurriculumConfig
 from rdtf.trainer.data import Batch
@@ -293,7 +293,7 @@ def test_a_run_saved_with_the_former_mode_resumes_and_a_changed_switch_is_refuse
     saved = json.loads(json.dumps(to_dict(_tiny())))
     curriculum = {k: v for k, v in saved["curriculum"].items() if k not in ("task", "pacing")} | {"mode": "adaptive"}
     former = saved | {"curriculum": curriculum, "run": {k: v for k, v in saved["run"].items() if k != "dual_masks"}}
-    (run / checkpoint.CONFIG_FILE).write_text(json.dumps({"config": former, "dataset": "d", "data": "/data"}))
+    (run / run_folder.CONFIG_FILE).write_text(json.dumps({"config": former, "dataset": "d", "data": "/data"}))
     assert prepare_run(str(run), _tiny(), "/data", "d", 0)["config"]["curriculum"]["task"] == "adaptive"
     for overrides, key in (
         ({"curriculum.pacing": False}, "curriculum.pacing"),

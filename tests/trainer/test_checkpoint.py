@@ -15,7 +15,7 @@ import torch.multiprocessing as mp
 from conftest import REPO
 
 from rdtf.schemas.config import ConfigError, load
-from rdtf.trainer import checkpoint
+from rdtf.trainer import checkpoint, run_folder
 from rdtf.trainer.config import TrainConfig
 from rdtf.trainer.train import prepare_run
 
@@ -65,8 +65,8 @@ def _worker(rank: int, port: int, folder: str) -> None:
 
 def test_resume_is_decided_together_and_refuses_what_changes_results(tmp_path: Path) -> None:
     for rank, latest in ((0, "step-00000004"), (1, "step-00000002")):
-        (tmp_path / f"view{rank}" / checkpoint.CHECKPOINTS).mkdir(parents=True)
-        (tmp_path / f"view{rank}" / checkpoint.CHECKPOINTS / checkpoint.LATEST).write_text(latest)
+        (tmp_path / f"view{rank}" / run_folder.CHECKPOINTS).mkdir(parents=True)
+        (tmp_path / f"view{rank}" / run_folder.CHECKPOINTS / run_folder.LATEST).write_text(latest)
     mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
     results = [pickle.loads((tmp_path / f"rank{r}.pkl").read_bytes()) for r in range(2)]
     assert [r["tag"] for r in results] == ["step-00000004"] * 2
@@ -78,6 +78,6 @@ def test_resume_is_decided_together_and_refuses_what_changes_results(tmp_path: P
         assert "text.model (saved 'rdtf-tiny-text', now 'ViT-B-32')" in r["text"] and "latent.resolution" in r["text"]
         assert "dataset (saved 'dataset-a', now 'dataset-b')" in r["dataset"]
         assert "diffusion.beta_end" in r["diffusion"]
-    saved = json.loads((tmp_path / "run" / checkpoint.CONFIG_FILE).read_text())
+    saved = json.loads((tmp_path / "run" / run_folder.CONFIG_FILE).read_text())
     assert saved["dataset"] == "dataset-a" and saved["config"]["run"]["max_steps"] == 999  # refusals wrote nothing
     shutil.rmtree(tmp_path / "run")

@@ -19,7 +19,7 @@ from dataset_factory import clip_frames, make_dataset, tiny_vae_folder
 from PIL import Image
 from safetensors.torch import load_file
 
-from rdtf.trainer import checkpoint
+from rdtf.trainer import checkpoint, run_folder
 from rdtf.trainer.config import TrainConfig
 from rdtf.trainer.dfgn import DFGN
 from rdtf.trainer.diffusion import generate, sample_scheduler
@@ -193,7 +193,7 @@ def test_an_older_checkpoint_and_its_raw_weights_can_be_exported(run, tmp_path):
 
 def test_the_trainer_exports_every_checkpoint_when_asked(run):
     for step in (1, 2):
-        folder = run / "checkpoints" / checkpoint.tag(step)
+        folder = run / "checkpoints" / run_folder.tag(step)
         exported = load_file(folder / "pipeline" / "unet" / "diffusion_pytorch_model.safetensors")
         ema = load_file(folder / "ema" / "diffusion_pytorch_model.safetensors")
         assert exported.keys() == ema.keys() and all(torch.equal(exported[k], ema[k]) for k in ema)

@@ -29,7 +29,7 @@ import open_clip
 
 from rdtf.schemas import config as schemas_config
 from rdtf.schemas.config import ConfigError, to_dict
-from rdtf.trainer import checkpoint, dfgn, sti
+from rdtf.trainer import checkpoint, dfgn, run_folder, sti
 from rdtf.trainer.diffusion import sample_scheduler
 from rdtf.trainer.export import pipeline_rdtf
 from rdtf.trainer.export.modeling_open_clip_text import OpenCLIPTextEncoder
@@ -56,7 +56,7 @@ def step_tag(step: str | None) -> str | None:
     """`--step 100` or `--step step-00000100` -> "step-00000100"; None: the last checkpoint."""
     if step is None:
         return None
-    return checkpoint.tag(int(step)) if step.isdigit() else step
+    return run_folder.tag(int(step)) if step.isdigit() else step
 
 
 def export_pipeline(run_dir: str, out: str, step: str | None = None, use_ema: bool = True) -> str:

@@ -106,7 +106,7 @@ def test_changed_settings_on_an_existing_output_are_refused(tmp_path: Path, caps
 def test_the_deepspeed_launchers_local_rank_flag_is_accepted() -> None:
     from rdtf.jobs.cli import build_parser
 
-    args = build_parser().parse_args(["--local_rank=1", "train", "--config", "c.yaml", "--data", "d", "--out", "r"])
+    args = build_parser().parse_args(["--local_rank=1", "train", "--config", "tiny", "--data", "d", "--out", "r"])
     assert args.command == "train" and args.local_rank == 1
 
 
@@ -125,7 +125,7 @@ def test_train_set_values_are_yaml_and_malformed_ones_are_named() -> None:
     from rdtf.schemas.config import load
     from rdtf.trainer.config import TrainConfig
 
-    assert load(TrainConfig, None, {"model": {"x": 1}} | parse_sets(["optim.lr=1e-4"])).optim.lr == 1e-4
+    assert load(TrainConfig, None, {"model": {"sample_size": 32}} | parse_sets(["optim.lr=1e-4"])).optim.lr == 1e-4
 
 
 @pytest.mark.slow
@@ -183,7 +183,7 @@ def test_deepspeeds_ops_are_built_in_the_checkout_unless_the_user_says_otherwise
 def test_launch_refuses_counts_out_of_range(flags: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     """`--num-gpus -1` used to start a whole training run with CUDA_VISIBLE_DEVICES=0 on a CPU-only machine."""
     with pytest.raises(SystemExit) as exit_info:
-        main(["launch", "train", "--config", "c.yaml", "--data", "d", "--out", "r", *flags])
+        main(["launch", "train", "--config", "tiny", "--data", "d", "--out", "r", *flags])
     assert exit_info.value.code == 2 and f"argument {flags[-2]}: must be" in capsys.readouterr().err
 
 

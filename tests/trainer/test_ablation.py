@@ -64,7 +64,7 @@ def _batch() -> Batch:
 
 
 def _flags(*argv: str) -> dict[str, object]:
-    args = build_parser().parse_args(["train", "--config", "c", "--data", "d", "--out", "o", *argv])
+    args = build_parser().parse_args(["train", "--config", "tiny", "--data", "d", "--out", "o", *argv])
     return {key: flag_value(args, flag) for flag, key in FLAG_KEYS.items() if getattr(args, flag) is not None}
 
 

@@ -144,15 +144,17 @@ def test_gif_round_trip(tmp_path):
 
 def test_train_config_errors_name_the_key():
     with pytest.raises(ConfigError, match="optim.lr"):
-        from_dict(TrainConfig, {"model": {"x": 1}, "optim": {"lr": -1.0}})
+        from_dict(TrainConfig, {"model": {"sample_size": 32}, "optim": {"lr": -1.0}})
     with pytest.raises(ConfigError, match="unknown config key 'engine.zero'"):
-        from_dict(TrainConfig, {"model": {"x": 1}, "engine": {"zero": 2}})
+        from_dict(TrainConfig, {"model": {"sample_size": 32}, "engine": {"zero": 2}})
     with pytest.raises(ConfigError, match="'model'"):
         TrainConfig()
     with pytest.raises(ConfigError, match="diffusion.anchor"):
-        from_dict(TrainConfig, {"model": {"x": 1}, "diffusion": {"anchor": "nearest"}})
+        from_dict(TrainConfig, {"model": {"sample_size": 32}, "diffusion": {"anchor": "nearest"}})
     with pytest.raises(ConfigError, match="optim.ema_decay"):
-        from_dict(TrainConfig, {"model": {"x": 1}, "optim": {"ema_decay": 0.99}, "engine": {"zero_stage": 3}})
+        from_dict(
+            TrainConfig, {"model": {"sample_size": 32}, "optim": {"ema_decay": 0.99}, "engine": {"zero_stage": 3}}
+        )
 
 
 class _CopyingModel(torch.nn.Module):

@@ -19,6 +19,8 @@ from typing import Any
 
 from rdtf.jobs.console import importing_quietly
 from rdtf.schemas.config import ConfigError
+from rdtf.schemas.reader import open_dataset
+from rdtf.trainer.run_folder import config_path
 from rdtf.trainer.tasks import MIN_KEYFRAMES, NUM_FRAMES, TASKS
 
 DEFAULT_TASKS = (
@@ -105,6 +107,8 @@ def run(args: argparse.Namespace) -> int:
         args.parser.error(f"--keyframes must be at most {NUM_FRAMES}, the frames of a generated clip")
     if os.path.exists(args.out) and not os.path.isdir(args.out):  # told now, not after the whole evaluation
         raise ConfigError(f"--out {args.out} is a file: give a folder for the report (new or existing)")
+    config_path(args.checkpoint)  # a wrong run folder or held-out set is told before seconds of imports
+    open_dataset(args.data)
     with importing_quietly():
         import torch.distributed as dist
 

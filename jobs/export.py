@@ -8,7 +8,7 @@ from typing import Any
 
 from rdtf.jobs.console import importing_quietly
 from rdtf.schemas.config import ConfigError
-from rdtf.trainer.run_folder import CHECKPOINTS, CONFIG_FILE, TAG, tag
+from rdtf.trainer.run_folder import CHECKPOINTS, TAG, config_path, tag
 
 
 def step_tag(value: str) -> str:
@@ -47,8 +47,7 @@ def check_paths(run_dir: str, out: str, step: str | None) -> None:
         raise ConfigError(f"--out {out} is a file, not a folder: give a new or empty folder for the pipeline")
     if os.path.isdir(out) and os.listdir(out):
         raise ConfigError(f"--out {out} is not empty: give a new or empty folder for the pipeline")
-    if not os.path.isfile(os.path.join(run_dir, CONFIG_FILE)):
-        raise FileNotFoundError(f"{run_dir} is not an rdtf run folder: {CONFIG_FILE} is missing")
+    config_path(run_dir)
     folder = os.path.join(run_dir, CHECKPOINTS)
     if step is not None and not os.path.isdir(os.path.join(folder, step)):
         kept = sorted(name for name in os.listdir(folder) if TAG.fullmatch(name)) if os.path.isdir(folder) else []

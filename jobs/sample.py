@@ -7,6 +7,7 @@ from typing import Any
 
 from rdtf.jobs.console import importing_quietly
 from rdtf.schemas.config import ConfigError
+from rdtf.trainer.run_folder import config_path
 from rdtf.trainer.tasks import NEEDS_GIF, NEEDS_IMAGE, TASKS
 
 
@@ -69,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
         check_picture("--image", args.image, "a PNG, JPEG, WebP or GIF (its first frame is used)")
     if args.task in NEEDS_GIF:
         check_picture("--gif", args.gif, "a GIF (or an animated WebP or PNG)")
+    config_path(args.checkpoint)  # a wrong --checkpoint is told before seconds of imports
     with importing_quietly():
         from rdtf.trainer.sample import SampleRequest, sample
 

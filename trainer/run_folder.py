@@ -4,12 +4,21 @@ writes and reads what they name)."""
 
 from __future__ import annotations
 
+import os
 import re
 
 CONFIG_FILE = "config.json"  # RUN_DIR/config.json: the resolved config of the run
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"  # RUN_DIR/checkpoints/latest: the tag of the last complete checkpoint
 TAG = re.compile(r"step-\d{8}")
+
+
+def config_path(run_dir: str) -> str:
+    """RUN_DIR/config.json; FileNotFoundError naming the folder when it is not a run folder (a local one)."""
+    path = os.path.join(run_dir, CONFIG_FILE)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{run_dir} is not an rdtf run folder: {CONFIG_FILE} is missing")
+    return path
 
 
 def tag(step: int) -> str:

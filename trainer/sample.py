@@ -9,7 +9,6 @@ Given frames are kept as given in the output GIF.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -52,10 +51,7 @@ class SampleRequest:
 
 
 def load_run_config(run_dir: str) -> TrainConfig:
-    path = os.path.join(run_dir, run_folder.CONFIG_FILE)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{run_dir} is not an rdtf run folder: {run_folder.CONFIG_FILE} is missing")
-    with open(path) as f:
+    with open(run_folder.config_path(run_dir)) as f:
         return from_dict(TrainConfig, upgrade_saved(json.load(f)["config"]))  # runs saved before issue 12 too
 
 

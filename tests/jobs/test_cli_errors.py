@@ -56,6 +56,7 @@ SAMPLE = ["sample", "--checkpoint", "RUN", "--out", "x.gif"]
         (["--task", "t2v", "--text", "a cat", "--text-scale", "-1"], "--text-scale must be at least 0"),
         (["--task", "interpolate", "--text", "a cat", "--gif", "NOT_A_GIF"], "NOT_A_GIF is not an image"),
         (["--task", "predict-post", "--gif", "/nonexistent.gif"], "--gif /nonexistent.gif: No such file"),
+        (["--task", "t2v", "--text", "a cat"], "RUN is not an rdtf run folder: config.json is missing"),
     ],
 )
 def test_sample_refusals_come_before_torch(flags: list[str], says: str, not_a_gif: Path) -> None:
@@ -72,12 +73,14 @@ def test_sample_refusals_come_before_torch(flags: list[str], says: str, not_a_gi
         (["--keyframes", "3"], "--keyframes must be at least 5"),
         (["--keyframes", "9"], "--keyframes must be at most 8"),
         (["--out", "A_FILE"], "is a file: give a folder"),
+        ([], "RUN is not an rdtf run folder: config.json is missing"),
+        (["--checkpoint", "A_RUN"], "DATA is not an rdtf dataset"),
     ],
 )
-def test_eval_refusals_come_before_torch(flags: list[str], says: str, tmp_path: Path) -> None:
+def test_eval_refusals_come_before_torch(flags: list[str], says: str, tmp_path: Path, run_dir: Path) -> None:
     report = tmp_path / "report.json"
     report.write_text("{}")
-    flags = [str(report) if flag == "A_FILE" else flag for flag in flags]
+    flags = [{"A_FILE": str(report), "A_RUN": str(run_dir)}.get(flag, flag) for flag in flags]
     base = ["eval", "--checkpoint", "RUN", "--data", "DATA", "--i3d-weights", "random", "--out", str(tmp_path / "r")]
     code, imported, err = run_fresh(base + flags)
     assert (code, imported) == (2, [])

@@ -144,6 +144,8 @@ class PreprocessSummary:
         by_reason = counts.get("rejects_by_reason") or {}
         if by_reason:
             lines.append("  dataset rejects by reason: " + ", ".join(f"{r} {n}" for r, n in sorted(by_reason.items())))
+        if not counts.get("rows") and counts.get("rejects"):
+            lines.append("nothing usable: every input was rejected; docs/rejects.md says what each reason means")
         return lines
 
 

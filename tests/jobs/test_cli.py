@@ -217,7 +217,7 @@ def test_train_on_a_dataset_without_rows_says_so(tmp_path: Path, capsys: pytest.
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "x.gif").write_text("not a GIF")
     assert main(["preprocess", str(tmp_path / "in"), "--out", str(tmp_path / "ds")]) == 0
-    capsys.readouterr()
+    assert "nothing usable: every input was rejected" in capsys.readouterr().out
     assert main(["train", "--config", "tiny", "--data", str(tmp_path / "ds"), "--out", str(tmp_path / "r")]) == 2
     assert "has no rows to train on" in capsys.readouterr().err
 

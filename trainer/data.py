@@ -40,6 +40,8 @@ class ParquetRows:
     def __init__(self, reader: DatasetReader, rank: int, world_size: int, seed: int):
         self.fs = reader.layout.fs
         self.files = reader.rank_files(rank, world_size)
+        if not reader.sample_files:  # every input was rejected: no number of processes would help
+            raise ValueError(f"{reader.layout.root} has no rows to train on: `rdtf stats` on it shows its rejects")
         if not self.files:
             raise ValueError(
                 f"{reader.layout.root} has {len(reader.sample_files)} data files, fewer than the {world_size} "

@@ -1,6 +1,7 @@
 """Keyframe index sets for k = 3..8: cluster the frames into k groups and keep each group's first frame.
 
-This is the paper's method (its code clusters VGG16 fc6 features with k-means). Here the per-frame features are
+This is the paper's method (its code clusters VGG16 fc6 features with k-means; here k-means++ seeding and Lloyd's
+steps, `kmeans_labels`). Here the per-frame features are
 the frames' CLIP embeddings when the CLIP stage runs, and small colour thumbnails otherwise. A clip with fewer than
 k distinct frames is extended ping-pong style (the paper's rule), so every set has exactly k indices in temporal
 order.
@@ -8,18 +9,17 @@ order.
 
 from __future__ import annotations
 
-import warnings
 from typing import Any, Literal
 
 import numpy as np
 from PIL import Image
-from scipy.cluster.vq import kmeans2
 
 from rdtf.pipeline.repeats import distinct_frames
 from rdtf.pipeline.stage import Stage
 from rdtf.schemas.dataset import KEYFRAME_COUNTS
 
 THUMBNAIL = 8  # 8x8x3 = 192 numbers per frame: enough to tell poses apart, cheap to cluster
+KMEANS_ITERATIONS = 10  # at most; Lloyd's steps stop earlier once the labels repeat (two or three on a sticker)
 
 
 def thumbnails(frames: np.ndarray) -> np.ndarray:
@@ -46,11 +46,37 @@ def select_keyframes(features: np.ndarray, k: int, seed: int, distinct: np.ndarr
     distinct = np.unique(features, axis=0) if distinct is None else distinct
     if len(distinct) < k:
         return ping_pong(count, k) if count < k else sorted(_first_of_each(features, distinct, k))
-    with warnings.catch_warnings():  # an empty cluster is handled below, not worth a warning per sample
-        warnings.simplefilter("ignore")
-        _, labels = kmeans2(features, k, minit="++", seed=np.random.default_rng(seed))
+    labels = kmeans_labels(features, k, np.random.default_rng(seed))
     chosen = sorted({int(np.argmax(labels == label)) for label in np.unique(labels)})
     return _fill(chosen, count, k)
+
+
+def kmeans_labels(features: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Each row's cluster among k: k-means++ seeding, then Lloyd's steps until the labels repeat.
+
+    The algorithm of scipy's kmeans2(minit="++") (an empty cluster keeps its centre), in a few numpy calls on the
+    one (rows, k) distance matrix: on a sticker's dozen frames scipy's per-call checks cost 10x the arithmetic,
+    and its fixed 10 steps repeat the labels of the second or third."""
+    if not np.isfinite(features).all():  # as scipy refuses them: a NaN CLIP embedding must not pass silently
+        raise ValueError("k-means features must be finite (a NaN or infinite frame embedding)")
+    centres = np.empty((k, features.shape[1]))
+    centres[0] = features[rng.integers(len(features))]
+    nearest = ((features - centres[0]) ** 2).sum(axis=1)  # squared distance to the closest centre so far
+    for i in range(1, k):  # each next centre drawn with probability proportional to that distance
+        centres[i] = features[int(np.searchsorted(np.cumsum(nearest / nearest.sum()), rng.uniform()))]
+        nearest = np.minimum(nearest, ((features - centres[i]) ** 2).sum(axis=1))
+    labels = np.full(len(features), -1)
+    for _ in range(KMEANS_ITERATIONS):
+        new = ((features[:, None, :] - centres[None]) ** 2).sum(axis=2).argmin(axis=1)
+        if np.array_equal(new, labels):
+            break
+        labels = new
+        members = np.bincount(labels, minlength=k)
+        sums = np.zeros_like(centres)
+        np.add.at(sums, labels, features)
+        kept = members > 0
+        centres[kept] = sums[kept] / members[kept, None]
+    return labels
 
 
 def _first_of_each(features: np.ndarray, distinct: np.ndarray, k: int) -> list[int]:

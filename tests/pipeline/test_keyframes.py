@@ -7,7 +7,7 @@ import hashlib
 import numpy as np
 import pytest
 
-from rdtf.pipeline.keyframes import KeyframeStage, ping_pong, select_keyframes, thumbnails
+from rdtf.pipeline.keyframes import KeyframeStage, kmeans_labels, ping_pong, select_keyframes, thumbnails
 from rdtf.schemas.dataset import KEYFRAME_COUNTS
 
 POSES = [(220, 30, 30), (30, 200, 30), (30, 30, 220), (240, 200, 20), (120, 0, 160), (0, 160, 160)]
@@ -95,3 +95,44 @@ def test_thumbnails_are_small_features_in_0_1():
     assert features.shape == (2, 192)
     assert features.min() >= 0.0 and features.max() <= 1.0
     assert np.allclose(features[0].reshape(8, 8, 3)[3, 3], np.array(POSES[0]) / 255)
+
+
+def blobs(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """24 points in 6 well-separated groups of 192 numbers (a thumbnail's size), in shuffled order, and their group."""
+    rng = np.random.default_rng(seed)
+    groups = rng.permutation(np.repeat(np.arange(6), 4))
+    return rng.uniform(0, 1, (6, 192))[groups] + rng.normal(0, 0.01, (24, 192)), groups
+
+
+def test_kmeans_separates_clear_groups_whatever_the_seed():
+    points, groups = blobs(0)
+    for seed in range(10):
+        labels = kmeans_labels(points, 6, np.random.default_rng(seed))
+        pairs = set(zip(labels.tolist(), groups.tolist(), strict=True))
+        assert len(pairs) == 6 and len({label for label, _ in pairs}) == 6  # one label per group, and back
+
+
+def test_kmeans_is_scipys_kmeans2_with_plus_plus_seeding():
+    """The same algorithm as scipy's kmeans2(minit="++"), whose per-call overhead it avoids: the same labels for the
+    same generator, also where k is smaller than the number of groups and the seeding decides."""
+    import warnings
+
+    from scipy.cluster.vq import kmeans2
+
+    for data_seed in range(3):
+        points, _ = blobs(data_seed)
+        for k in KEYFRAME_COUNTS:
+            for seed in range(3):
+                with warnings.catch_warnings():  # scipy warns about an empty cluster
+                    warnings.simplefilter("ignore")
+                    _, expected = kmeans2(points, k, minit="++", rng=np.random.default_rng(seed))
+                assert kmeans_labels(points, k, np.random.default_rng(seed)).tolist() == expected.tolist()
+
+
+def test_a_frame_embedding_that_is_not_finite_rejects_the_row_with_the_reason():
+    embeddings = np.random.default_rng(0).normal(size=(6, 16))
+    embeddings[2, 5] = np.nan
+    row = {"source_uri": ["x"], "frame_embeddings": [embeddings], "sample_id": ["ab" * 32]}
+    out = KeyframeStage(features="clip")(row)
+    assert out["reject_reason"] == ["internal_error"]
+    assert "must be finite" in out["reject_message"][0]

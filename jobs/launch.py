@@ -97,7 +97,7 @@ def deepspeed_command(args: argparse.Namespace) -> list[str]:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from rdtf.trainer.config import TrainConfig  # imported here: `rdtf --help` stays fast
+    from rdtf.trainer.config import TrainConfig  # torch-free, but not needed by `rdtf --help`
 
     overrides = {FLAG_KEYS["steps"]: args.steps} if args.steps is not None else {}
     cfg = load(TrainConfig, args.config, overrides | parse_sets(args.sets))  # a bad key fails here, before launching

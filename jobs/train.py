@@ -120,13 +120,13 @@ def run_lock(out: str) -> Iterator[None]:
 def run(args: argparse.Namespace) -> int:
     if not open_dataset(args.data).sample_files:  # a wrong --data fails here, before seconds of importing torch
         raise ConfigError(f"--data {args.data} has no rows to train on: `rdtf stats {args.data}` shows its rejects")
-    from rdtf.trainer.config import TrainConfig  # imported here: `rdtf --help` stays fast
+    from rdtf.trainer.config import TrainConfig  # torch-free, but not needed by `rdtf --help`
 
+    overrides = {key: flag_value(args, flag) for flag, key in FLAG_KEYS.items() if getattr(args, flag) is not None}
+    cfg = load(TrainConfig, args.config, overrides | parse_sets(args.sets))  # a bad setting fails before torch too
     with importing_quietly():
         from rdtf.trainer.train import train
 
-    overrides = {key: flag_value(args, flag) for flag, key in FLAG_KEYS.items() if getattr(args, flag) is not None}
-    cfg = load(TrainConfig, args.config, overrides | parse_sets(args.sets))
     with ExitStack() as held:
         try:
             held.enter_context(run_lock(args.out))

@@ -7,13 +7,12 @@ choice, documented in docs/train.md.
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from rdtf.schemas.config import require
 from rdtf.trainer.curriculum import LEGACY_MODES, CurriculumConfig
-from rdtf.trainer.dfgn import DFGN, TEMPORAL_LAYERS
+from rdtf.trainer.model_settings import check_model_settings
 from rdtf.trainer.tasks import NUM_FRAMES, TASKS
 
 
@@ -191,24 +190,12 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         require(bool(self.model), "model", "give the model's settings (use a preset: configs/tiny.yaml, small, paper)")
-        settings = [name for name in inspect.signature(DFGN.__init__).parameters if name != "self"]
-        unknown = sorted(set(self.model) - set(settings))
-        require(
-            not unknown,
-            f"model.{unknown[0] if unknown else ''}",
-            f"is not a DFGN setting; they are {', '.join(settings)} (docs/model.md)",
-        )
+        check_model_settings(self.model)
         frames = self.model.get("num_frames", NUM_FRAMES)
         require(
             frames == NUM_FRAMES,
             "model.num_frames",
             f"rdtf trains {NUM_FRAMES}-frame clips (the paper's), got {frames!r}",
-        )
-        layer = self.model.get("temporal_layer", "sti")
-        require(
-            layer in TEMPORAL_LAYERS,
-            "model.temporal_layer",
-            f"{layer!r} is not one of {', '.join(map(repr, TEMPORAL_LAYERS))}",
         )
         require(
             self.optim.ema_decay is None or self.engine.zero_stage < 3,

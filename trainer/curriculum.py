@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
-import torch.distributed as dist
 
 from rdtf.schemas.config import require
 from rdtf.trainer.tasks import TASKS
@@ -110,8 +109,12 @@ class CurriculumConfig:
         require(self.pacing_passes >= 1, "curriculum.pacing_passes", "must be at least 1")
 
 
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+def _process_group() -> Any:
+    """torch.distributed when this process is one rank of several, else None. Imported here, not at the top: the
+    config half of this module stays free of torch, for `rdtf train`'s and `rdtf launch`'s early checks."""
+    import torch.distributed as dist
+
+    return dist if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1 else None
 
 
 def _histogram_quantile(histogram: np.ndarray, q: float) -> float:
@@ -547,7 +550,8 @@ class Curriculum:
         instead of the rank average. No-op on one process, and with neither PID nor pacing (nothing learned).
         """
         self._sync_calls += 1
-        if (self.config.task != "adaptive" and not self.config.pacing) or not _distributed():
+        dist = _process_group()
+        if (self.config.task != "adaptive" and not self.config.pacing) or dist is None:
             return
         if not force and self._sync_calls % self.config.sync_every:
             return

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.utils.checkpoint
@@ -24,23 +24,8 @@ from diffusers.models.unets.unet_3d_blocks import UNetMidBlock3DCrossAttn, get_d
 from torch import nn
 
 from rdtf.schemas.config import require
-from rdtf.trainer.sti import FUSIONS, Fusion, STILayer
-
-# Keys that must be positive integers.
-COUNTS = (
-    "in_channels",
-    "sample_size",
-    "num_frames",
-    "layers_per_block",
-    "attention_head_dim",
-    "cross_attention_dim",
-    "norm_num_groups",
-    "sti_heads",
-    "sti_head_dim",
-)
-
-TemporalLayer = Literal["sti", "conv3d"]
-TEMPORAL_LAYERS: tuple[str, ...] = ("sti", "conv3d")
+from rdtf.trainer.model_settings import Fusion, TemporalLayer, check_values
+from rdtf.trainer.sti import STILayer
 
 NORM_EPS = 1e-5  # diffusers UNet3DConditionModel's default
 TRANSFORMER_IN_HEADS = 8  # the temporal transformer after conv_in, as in diffusers UNet3DConditionModel
@@ -124,7 +109,7 @@ class DFGN(ModelMixin, ConfigMixin):
         sti_head_dim: int = 32,
     ) -> None:
         super().__init__()
-        _validate(self.config)
+        check_values(self.config)
         channels = list(block_out_channels)
         time_embed_dim = channels[0] * 4  # diffusers' choice
         levels = len(channels)
@@ -264,37 +249,6 @@ class DFGN(ModelMixin, ConfigMixin):
 def _text(block: nn.Module, text: torch.Tensor) -> dict[str, torch.Tensor]:
     """The text for blocks with cross-attention; the others take none."""
     return {"encoder_hidden_states": text} if getattr(block, "has_cross_attention", False) else {}
-
-
-def _validate(config: Any) -> None:
-    """Refuse a config that would fail deep inside diffusers, with the key and the allowed values."""
-    for key in COUNTS:
-        value = config[key]
-        require(type(value) is int and value >= 1, key, f"must be an integer >= 1, got {value!r}")
-    hid = config.encoder_hid_dim
-    require(hid is None or (type(hid) is int and hid >= 1), "encoder_hid_dim", f"must be null or >= 1, got {hid!r}")
-    require(
-        config.temporal_layer in TEMPORAL_LAYERS,
-        "temporal_layer",
-        f"{config.temporal_layer!r} is not one of {', '.join(map(repr, TEMPORAL_LAYERS))}",
-    )
-    require(
-        config.sti_fusion in FUSIONS,
-        "sti_fusion",
-        f"{config.sti_fusion!r} is not one of {', '.join(map(repr, FUSIONS))}",
-    )
-    channels = config.block_out_channels
-    require(
-        len(channels) >= 1 and all(type(c) is int and c >= 1 for c in channels),
-        "block_out_channels",
-        f"must be a non-empty list of integers >= 1, got {channels!r}",
-    )
-    for key in ("attention_head_dim", "norm_num_groups"):
-        require(
-            all(c % config[key] == 0 for c in channels),
-            key,
-            f"{config[key]} must divide every entry of block_out_channels {list(channels)}",
-        )
 
 
 def read_model_config(path: str | Path) -> dict[str, Any]:

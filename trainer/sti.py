@@ -6,15 +6,12 @@ It replaces diffusers' `TemporalConvLayer` (the "3D-conv temporal layer" of the 
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention
 from torch import nn
 
-Fusion = Literal["mlp_gate", "scalars"]
-FUSIONS: tuple[str, ...] = ("mlp_gate", "scalars")
+from rdtf.trainer.model_settings import Fusion
 
 # Width of the gate's hidden layer: SKNet's rule max(C / r, L) with r = 16, L = 32 (Li et al. 2019, "Selective
 # Kernel Networks"), whose pooled-features-to-branch-weights gate the paper's figure follows; the paper gives no width.

@@ -172,3 +172,13 @@ def test_the_generated_frames_depend_on_the_given_one(tiny: dict) -> None:
         after = model(sample, t, text, condition * -1)
     change = (after - before)[:, :, 1:].abs().mean() / before[:, :, 1:].abs().mean()
     assert change > 1e-3
+
+
+def test_the_torch_free_settings_are_dfgns_own() -> None:
+    """trainer/model_settings.py lists DFGN's arguments and defaults for the early checks: the same, in order."""
+    import inspect
+
+    from rdtf.trainer.model_settings import DEFAULTS
+
+    parameters = list(inspect.signature(DFGN.__init__).parameters.values())[1:]
+    assert [(p.name, p.default) for p in parameters] == list(DEFAULTS.items())

@@ -3,7 +3,7 @@
     PIPELINE_DIR/model_index.json         the components, and the run's resolution, DDIM steps, guidance, eta, anchor
     PIPELINE_DIR/pipeline_rdtf.py         RDTFPipeline (this package's pipeline_rdtf.py, copied)
     PIPELINE_DIR/unet/                    DFGN's config and weights, and modeling_dfgn.py: DFGN's code, generated from
-                                          trainer/sti.py and trainer/dfgn.py (and the two config helpers they use)
+                                          trainer/sti.py, trainer/dfgn.py and the settings' checks they use
     PIPELINE_DIR/scheduler/               DDIMScheduler with the run's noise schedule
     PIPELINE_DIR/text_encoder/            the open_clip text tower, and modeling_open_clip_text.py (copied)
     PIPELINE_DIR/vae/                     the run's AutoencoderKL; absent (null in model_index.json) in pixel space
@@ -29,7 +29,7 @@ import open_clip
 
 from rdtf.schemas import config as schemas_config
 from rdtf.schemas.config import ConfigError, to_dict
-from rdtf.trainer import checkpoint, dfgn, run_folder, sti
+from rdtf.trainer import checkpoint, dfgn, model_settings, run_folder, sti
 from rdtf.trainer.diffusion import sample_scheduler
 from rdtf.trainer.export import pipeline_rdtf
 from rdtf.trainer.export.modeling_open_clip_text import OpenCLIPTextEncoder
@@ -46,6 +46,7 @@ RUN_FILE = "rdtf_run.json"
 # LEFT_OUT). Imports of rdtf modules are dropped; every other import is kept where the kept code uses its name.
 STANDALONE_DFGN: tuple[tuple[ModuleType, tuple[str, ...] | None], ...] = (
     (schemas_config, ("ConfigError", "require")),
+    (model_settings, ("TemporalLayer", "TEMPORAL_LAYERS", "Fusion", "FUSIONS", "COUNTS", "check_values")),
     (sti, None),
     (dfgn, None),
 )
@@ -142,8 +143,8 @@ def standalone_dfgn_source() -> str:
     code = "\n\n\n".join(chunks)
     used = {node.id for node in ast.walk(ast.parse(code)) if isinstance(node, ast.Name)}
     header = (
-        f'"""DFGN, the denoiser of an rdtf run, written by `rdtf export` from rdtf\'s trainer/sti.py and '
-        f"trainer/dfgn.py\n(diffusers {diffusers.__version__}). Self-contained: it imports torch and diffusers, "
+        f'"""DFGN, the denoiser of an rdtf run, written by `rdtf export` from rdtf\'s trainer/model_settings.py, '
+        f"sti.py and dfgn.py\n(diffusers {diffusers.__version__}). Self-contained: it imports torch and diffusers, "
         'no rdtf code."""\n\nfrom __future__ import annotations\n\n'
     )
     return header + "\n".join(_import_lines(imports, used)) + "\n\n\n" + code + "\n"

@@ -2,7 +2,7 @@
 
 Run from the repository root (needs the shared sticker corpus beside the checkout, ../shared/data/stickers):
 
-    .venv/bin/python bench/preprocess.py                      # P=2, N=299, 10xN=2990: about 4 min on 2 CPUs
+    .venv/bin/python bench/preprocess.py                      # P=2, N=299, 10xN=2990, 2 rounds: about 7 min on 2 CPUs
     .venv/bin/python bench/preprocess.py --processes 4 --n 100 --out-md /tmp/preprocess.md
 
 Everything is measured in one run, each number as a ratio against a baseline measured in the same run:
@@ -16,19 +16,22 @@ Everything is measured in one run, each number as a ratio against a baseline mea
    pipeline interleaved) and the medians are used. Ratio = pipeline GIFs/s / bare GIFs/s; the issue's goal is at
    least 0.5. The files are read once before any timing, so every timed pass reads from the page cache.
 2. Peak memory. The sum of the RSS of every Ray process (this driver, raylet, gcs_server, agents, workers), sampled
-   every 0.2 s by a background thread, for a run on N inputs and one on 10xN inputs. The inputs are distinct
-   variants of the stickers (a few unique bytes after the GIF trailer: decoded identically, different sha256, so
-   nothing is de-duplicated away), N = 299 by default so that both runs are cut into several tasks of the default
-   `rows_per_shard` and can run P of them at once (the table says how many did). The processes counted are the
-   driver's descendants (Ray's daemons and workers are when Ray is embedded) plus, in case one is not, any process
-   whose command line names the RAY_TMPDIR this benchmark sets; the table says how many were found only that way.
-   Ratio = peak(10N) / peak(N); the goal is that peak memory does not grow with the number of inputs (a streaming
-   pipeline). RSS counts the object store's shared pages once in every process that touched them, so the sum is an
-   upper bound. The same two runs give the steady state: 9N inputs over the time the 10N run took beyond the N run
-   (the fixed costs cancel), as a ratio against bare decoding's rate from 1.; the goal is at least 0.6. And the
-   whole run at 10N: the 10N run's wall time (Ray's start and stop included) against bare decoding of the same 10N
-   files, timed once just before the N run: at N = 299 Ray's fixed costs alone take more than the whole budget
-   that 0.5 allows (docs/benchmarks.md), at 10N they are a tenth as large a share.
+   every 0.2 s by a background thread, for a run on N inputs and one on 10xN inputs, in each of --rounds (2)
+   rounds. The inputs are distinct variants of the stickers (a few unique bytes after the GIF trailer: decoded
+   identically, different sha256, so nothing is de-duplicated away), N = 299 by default so that both runs are cut
+   into several tasks of the default `rows_per_shard` and can run P of them at once (the table says how many did).
+   The processes counted are the driver's descendants (Ray's daemons and workers are when Ray is embedded) plus,
+   in case one is not, any process whose command line names the RAY_TMPDIR this benchmark sets; the table says how
+   many were found only that way.
+   Ratio = peak(10N) / peak(N) (the highest of the rounds); the goal is that peak memory does not grow with the
+   number of inputs (a streaming pipeline). RSS counts the object store's shared pages once in every process that
+   touched them, so the sum is an upper bound. The same runs give the steady state: 9N inputs over the time the
+   10N run took beyond the N run (the fixed costs cancel), as a ratio against bare decoding of the same 10N files
+   timed at the start of the same round; the goal is at least 0.6. And the whole run at 10N: the 10N run's wall
+   time (Ray's start and stop included) against that bare decoding: at N = 299 Ray's fixed costs alone take more
+   than the whole budget that 0.5 allows (docs/benchmarks.md), at 10N they are a tenth as large a share. Both
+   ratios are the medians of the rounds: this machine's speed drifts by 10-20% over minutes, and one round against
+   a baseline timed minutes apart read anywhere from 0.47 to 0.69 with the same code.
 3. Where the time goes: every stage of the main pass (and the hash pass) called directly, in this process, on a
    subset of the stickers, with the share of each stage; and bare decoding of the same subset in this process.
 
@@ -349,9 +352,8 @@ def mib(n: float) -> str:
 
 def measure_throughput(
     stickers: Path, paths: list[Path], processes: int, rows_per_shard: int, ray_tmpdir: str, work: Path
-) -> tuple[Rows, float]:
-    """Bare decoding and the pipeline, REPEATS times each, interleaved; then the job again on a finished output.
-    Also returns bare decoding's rate, GIFs/s."""
+) -> Rows:
+    """Bare decoding and the pipeline, REPEATS times each, interleaved; then the job again on a finished output."""
     n = len(paths)
     total_bytes = warm_page_cache(paths)
     print(f"{n} stickers, {total_bytes / 2**20:.1f} MiB; P={processes}, rows_per_shard={rows_per_shard}", flush=True)
@@ -403,7 +405,7 @@ def measure_throughput(
         ("**ratio pipeline / bare, whole run** (goal >= 0.5)", f"**{n / full_s / bare_rate:.2f}**"),
         ("**ratio pipeline / bare, work alone** (goal >= 0.5)", f"**{n / work_s / bare_rate:.2f}**"),
     ]
-    return rows, bare_rate
+    return rows
 
 
 def peak_breakdown(sampler: MemorySampler) -> str:
@@ -418,52 +420,66 @@ def measure_memory(
     rows_per_shard: int,
     ray_tmpdir: str,
     work: Path,
-    bare_rate: float,
+    rounds: int,
 ) -> Rows:
-    """Peak memory of the runs on N and 10xN inputs; and the steady state, the rate at the margin between them (the
-    fixed costs, Ray's start and stop among them, cancel out), against bare decoding's rate `bare_rate`."""
+    """Peak memory of the runs on N and 10xN inputs; the steady state, the rate at the margin between them (the fixed
+    costs, Ray's start and stop among them, cancel out); and the whole 10xN run. `rounds` times, each round's ratios
+    against bare decoding of the same 10xN files timed just before its runs (this machine's speed drifts by 10-20%
+    over minutes: a baseline from another moment moved the ratios by as much), medians reported."""
     variants = work / "variants"
     paths = write_variants(stickers, SCALE * n, n, variants)
     warm_page_cache(paths)
-    bare_large_s, _ = bare_decode(paths, processes)  # the baseline of the whole run on 10N inputs
-    print(f"bare decoding of {len(paths)} variants: {bare_large_s:.1f} s", flush=True)
-    runs: list[PipelineRun] = []
-    for size, manifest in ((n, "small.csv"), (SCALE * n, "manifest.csv")):
-        inputs = [str(variants / manifest)]
-        run = run_pipeline(inputs, work / f"out-{size}", processes, rows_per_shard, ray_tmpdir, measure_memory=True)
-        if run.processed != size:
-            raise RuntimeError(f"the run on {size} inputs processed {run.processed}: were some de-duplicated?")
-        print(f"{size} inputs: {run.wall_s:.1f} s, peak {mib(run.memory.peak.total)}", flush=True)
-        runs.append(run)
-    small, large = runs
+    steady_ratios: list[float] = []
+    whole_ratios: list[float] = []
+    details: list[str] = []
+    peaks: dict[int, PipelineRun] = {}  # size -> its run with the highest peak
+    for round_ in range(1, rounds + 1):
+        bare_s, _ = bare_decode(paths, processes)
+        print(f"round {round_}: bare decoding of {len(paths)} variants: {bare_s:.1f} s", flush=True)
+        runs: list[PipelineRun] = []
+        for size, manifest in ((n, "small.csv"), (SCALE * n, "manifest.csv")):
+            output = work / f"out-{size}"
+            run = run_pipeline([str(variants / manifest)], output, processes, rows_per_shard, ray_tmpdir, True)
+            shutil.rmtree(output)
+            if run.processed != size:
+                raise RuntimeError(f"the run on {size} inputs processed {run.processed}: were some de-duplicated?")
+            print(f"round {round_}: {size} inputs: {run.wall_s:.1f} s, peak {mib(run.memory.peak.total)}", flush=True)
+            runs.append(run)
+            if size not in peaks or run.memory.peak.total > peaks[size].memory.peak.total:
+                peaks[size] = run
+        small, large = runs
+        steady = (large.processed - small.processed) / (large.wall_s - small.wall_s)
+        steady_ratios.append(steady / (large.processed / bare_s))
+        whole_ratios.append(bare_s / large.wall_s)
+        details.append(
+            f"{bare_s:.1f} s bare, {small.wall_s:.1f} s N, {large.wall_s:.1f} s {SCALE}xN: steady {steady:.1f} GIFs/s "
+            f"against bare {large.processed / bare_s:.1f} = {steady_ratios[-1]:.2f}, whole {whole_ratios[-1]:.2f}"
+        )
+    small, large = peaks[n], peaks[SCALE * n]
     rows = [
         (
-            f"peak RSS of all Ray processes, {label} = {run.processed} inputs",
+            f"highest peak RSS of all Ray processes, {label} = {run.processed} inputs",
             f"{mib(run.memory.peak.total)} ({run.wall_s:.0f} s run, {run.rate:.1f} GIFs/s, at most "
             f"{run.memory.max_busy_workers} tasks at once; at the peak: {peak_breakdown(run.memory)})",
         )
         for label, run in (("N", small), (f"{SCALE}xN", large))
     ]
     not_descendants = len(small.memory.only_by_cmdline | large.memory.only_by_cmdline)
-    steady = (large.processed - small.processed) / (large.wall_s - small.wall_s)
+    listed = ", ".join(f"{r:.2f}" for r in steady_ratios)
     return rows + [
+        *[(f"round {i} of {rounds}", detail) for i, detail in enumerate(details, 1)],
         (
-            f"steady state: inputs per second at the margin, ({SCALE}N - N) / (T({SCALE}N) - T(N))",
-            f"{steady:.1f} GIFs/s ({large.processed - small.processed} inputs in "
-            f"{large.wall_s - small.wall_s:.1f} s; memory sampled in both runs)",
-        ),
-        ("**ratio pipeline / bare, steady state** (goal >= 0.6)", f"**{steady / bare_rate:.2f}**"),
-        (
-            f"bare decoding of the {large.processed} inputs (once, before the N run)",
-            f"{bare_large_s:.1f} s = {large.processed / bare_large_s:.1f} GIFs/s",
+            f"**ratio pipeline / bare, steady state** (goal >= 0.6): ({SCALE}N - N) / (T({SCALE}N) - T(N)) against "
+            f"bare decoding of the {SCALE}N files, median of the rounds ({listed})",
+            f"**{statistics.median(steady_ratios):.2f}**",
         ),
         (
             f"**ratio pipeline / bare, whole run on {SCALE}xN = {large.processed} inputs** (Ray's start and stop "
-            "included; memory sampled)",
-            f"**{bare_large_s / large.wall_s:.2f}**",
+            f"included; memory sampled), median of the rounds ({', '.join(f'{r:.2f}' for r in whole_ratios)})",
+            f"**{statistics.median(whole_ratios):.2f}**",
         ),
         (
-            f"**ratio peak({SCALE}N) / peak(N)** (goal: ~1, no growth)",
+            f"**ratio peak({SCALE}N) / peak(N)** (goal: ~1, no growth), highest peaks",
             f"**{large.memory.peak.total / small.memory.peak.total:.2f}**",
         ),
         ("Ray processes that were not descendants of the driver (found by RAY_TMPDIR)", str(not_descendants)),
@@ -501,12 +517,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--processes", "-P", type=int, default=2, help="Ray CPUs and bare-decoding processes (2)")
     parser.add_argument("--n", type=int, default=299, help=f"inputs of the small memory run, {SCALE}x that the large")
     parser.add_argument("--rows-per-shard", type=int, default=None, help="RayConfig.rows_per_shard (its default)")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of the N and 10xN runs, medians reported (2)")
     parser.add_argument("--stage-subset", type=int, default=60, help="stickers timed stage by stage in-process (60)")
     parser.add_argument("--out-md", type=Path, default=None, help="also write the markdown table to this file")
     parser.add_argument("--stickers", type=Path, default=STICKERS, help="the shared sticker corpus")
     args = parser.parse_args(argv)
-    if args.processes < 1 or args.n < 1 or args.stage_subset < 0:
-        parser.error("--processes and --n must be at least 1, --stage-subset at least 0")
+    if args.processes < 1 or args.n < 1 or args.rounds < 1 or args.stage_subset < 0:
+        parser.error("--processes, --n and --rounds must be at least 1, --stage-subset at least 0")
     return args
 
 
@@ -538,11 +555,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         stickers = sticker_files(args.stickers)
         paths = [p for p, _ in stickers]
-        throughput, bare_rate = measure_throughput(
-            args.stickers, paths, args.processes, rows_per_shard, ray_tmpdir, work
-        )
-        rows += throughput
-        rows += measure_memory(stickers, args.n, args.processes, rows_per_shard, ray_tmpdir, work, bare_rate)
+        rows += measure_throughput(args.stickers, paths, args.processes, rows_per_shard, ray_tmpdir, work)
+        rows += measure_memory(stickers, args.n, args.processes, rows_per_shard, ray_tmpdir, work, args.rounds)
         if args.stage_subset:
             rows += measure_stages(stickers, args.stage_subset, rows_per_shard, work)
     finally:

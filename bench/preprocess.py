@@ -2,7 +2,7 @@
 
 Run from the repository root (needs the shared sticker corpus beside the checkout, ../shared/data/stickers):
 
-    .venv/bin/python bench/preprocess.py                      # P=2, N=299, 10xN=2990, 2 rounds: about 7 min on 2 CPUs
+    .venv/bin/python bench/preprocess.py                      # P=2, N=299, 10xN=2990, 3 rounds: about 8 min on 2 CPUs
     .venv/bin/python bench/preprocess.py --processes 4 --n 100 --out-md /tmp/preprocess.md
 
 Everything is measured in one run, each number as a ratio against a baseline measured in the same run:
@@ -16,7 +16,7 @@ Everything is measured in one run, each number as a ratio against a baseline mea
    pipeline interleaved) and the medians are used. Ratio = pipeline GIFs/s / bare GIFs/s; the issue's goal is at
    least 0.5. The files are read once before any timing, so every timed pass reads from the page cache.
 2. Peak memory. The sum of the RSS of every Ray process (this driver, raylet, gcs_server, agents, workers), sampled
-   every 0.2 s by a background thread, for a run on N inputs and one on 10xN inputs, in each of --rounds (2)
+   every 0.2 s by a background thread, for a run on N inputs and one on 10xN inputs, in each of --rounds (3)
    rounds. The inputs are distinct variants of the stickers (a few unique bytes after the GIF trailer: decoded
    identically, different sha256, so nothing is de-duplicated away), N = 299 by default so that both runs are cut
    into several tasks of the default `rows_per_shard` and can run P of them at once (the table says how many did).
@@ -433,6 +433,7 @@ def measure_memory(
     whole_ratios: list[float] = []
     details: list[str] = []
     peaks: dict[int, PipelineRun] = {}  # size -> its run with the highest peak
+    escaped: set[int] = set()  # Ray processes found only by RAY_TMPDIR, in any run
     for round_ in range(1, rounds + 1):
         bare_s, _ = bare_decode(paths, processes)
         print(f"round {round_}: bare decoding of {len(paths)} variants: {bare_s:.1f} s", flush=True)
@@ -445,17 +446,19 @@ def measure_memory(
                 raise RuntimeError(f"the run on {size} inputs processed {run.processed}: were some de-duplicated?")
             print(f"round {round_}: {size} inputs: {run.wall_s:.1f} s, peak {mib(run.memory.peak.total)}", flush=True)
             runs.append(run)
+            escaped |= run.memory.only_by_cmdline
             if size not in peaks or run.memory.peak.total > peaks[size].memory.peak.total:
                 peaks[size] = run
-        small, large = runs
-        steady = (large.processed - small.processed) / (large.wall_s - small.wall_s)
-        steady_ratios.append(steady / (large.processed / bare_s))
-        whole_ratios.append(bare_s / large.wall_s)
+        n_run, large_run = runs
+        steady = (large_run.processed - n_run.processed) / (large_run.wall_s - n_run.wall_s)
+        steady_ratios.append(steady / (large_run.processed / bare_s))
+        whole_ratios.append(bare_s / large_run.wall_s)
         details.append(
-            f"{bare_s:.1f} s bare, {small.wall_s:.1f} s N, {large.wall_s:.1f} s {SCALE}xN: steady {steady:.1f} GIFs/s "
-            f"against bare {large.processed / bare_s:.1f} = {steady_ratios[-1]:.2f}, whole {whole_ratios[-1]:.2f}"
+            f"{bare_s:.1f} s bare, {n_run.wall_s:.1f} s N, {large_run.wall_s:.1f} s {SCALE}xN: steady {steady:.1f} "
+            f"GIFs/s against bare {large_run.processed / bare_s:.1f} = {steady_ratios[-1]:.2f}, whole "
+            f"{whole_ratios[-1]:.2f}"
         )
-    small, large = peaks[n], peaks[SCALE * n]
+    small, large = peaks[n], peaks[SCALE * n]  # the runs with the highest peaks (maybe from different rounds)
     rows = [
         (
             f"highest peak RSS of all Ray processes, {label} = {run.processed} inputs",
@@ -464,7 +467,6 @@ def measure_memory(
         )
         for label, run in (("N", small), (f"{SCALE}xN", large))
     ]
-    not_descendants = len(small.memory.only_by_cmdline | large.memory.only_by_cmdline)
     listed = ", ".join(f"{r:.2f}" for r in steady_ratios)
     return rows + [
         *[(f"round {i} of {rounds}", detail) for i, detail in enumerate(details, 1)],
@@ -482,7 +484,7 @@ def measure_memory(
             f"**ratio peak({SCALE}N) / peak(N)** (goal: ~1, no growth), highest peaks",
             f"**{large.memory.peak.total / small.memory.peak.total:.2f}**",
         ),
-        ("Ray processes that were not descendants of the driver (found by RAY_TMPDIR)", str(not_descendants)),
+        ("Ray processes that were not descendants of the driver (found by RAY_TMPDIR), any run", str(len(escaped))),
         (f"memory samples (every {SAMPLE_PERIOD_S} s)", f"{small.memory.samples} + {large.memory.samples}"),
     ]
 
@@ -517,7 +519,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--processes", "-P", type=int, default=2, help="Ray CPUs and bare-decoding processes (2)")
     parser.add_argument("--n", type=int, default=299, help=f"inputs of the small memory run, {SCALE}x that the large")
     parser.add_argument("--rows-per-shard", type=int, default=None, help="RayConfig.rows_per_shard (its default)")
-    parser.add_argument("--rounds", type=int, default=2, help="rounds of the N and 10xN runs, medians reported (2)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of the N and 10xN runs, medians reported (3)")
     parser.add_argument("--stage-subset", type=int, default=60, help="stickers timed stage by stage in-process (60)")
     parser.add_argument("--out-md", type=Path, default=None, help="also write the markdown table to this file")
     parser.add_argument("--stickers", type=Path, default=STICKERS, help="the shared sticker corpus")

@@ -1,10 +1,9 @@
 """Keyframe index sets for k = 3..8: cluster the frames into k groups and keep each group's first frame.
 
 This is the paper's method (its code clusters VGG16 fc6 features with k-means; here k-means++ seeding and Lloyd's
-steps, `kmeans_labels`). Here the per-frame features are
-the frames' CLIP embeddings when the CLIP stage runs, and small colour thumbnails otherwise. A clip with fewer than
-k distinct frames is extended ping-pong style (the paper's rule), so every set has exactly k indices in temporal
-order.
+steps, `kmeans_labels`). The per-frame features are the frames' CLIP embeddings when the CLIP stage runs, and small
+colour thumbnails otherwise. A clip with fewer than k distinct frames is extended ping-pong style (the paper's rule),
+so every set has exactly k indices in temporal order.
 """
 
 from __future__ import annotations
@@ -19,7 +18,7 @@ from rdtf.pipeline.stage import Stage
 from rdtf.schemas.dataset import KEYFRAME_COUNTS
 
 THUMBNAIL = 8  # 8x8x3 = 192 numbers per frame: enough to tell poses apart, cheap to cluster
-KMEANS_ITERATIONS = 10  # at most; Lloyd's steps stop earlier once the labels repeat (two or three on a sticker)
+KMEANS_ITERATIONS = 10  # at most (scipy kmeans2's `iter`); Lloyd's steps stop once the labels repeat (2-3 on a sticker)
 
 
 def thumbnails(frames: np.ndarray) -> np.ndarray:
@@ -54,9 +53,10 @@ def select_keyframes(features: np.ndarray, k: int, seed: int, distinct: np.ndarr
 def kmeans_labels(features: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
     """Each row's cluster among k: k-means++ seeding, then Lloyd's steps until the labels repeat.
 
-    The algorithm of scipy's kmeans2(minit="++") (an empty cluster keeps its centre), in a few numpy calls on the
-    one (rows, k) distance matrix: on a sticker's dozen frames scipy's per-call checks cost 10x the arithmetic,
-    and its fixed 10 steps repeat the labels of the second or third."""
+    scipy's kmeans2(minit="++") (the same draws from `rng`; an empty cluster keeps its centre) in a few numpy calls:
+    on a sticker's dozen frames scipy's per-call checks cost 10x the arithmetic, and its fixed 10 steps repeat the
+    labels of the second or third. One difference: a row exactly as far from two centres (flat-colour thumbnails
+    tie) goes to the lower one here, where scipy's BLAS distances (|x|^2 - 2 x.c + |c|^2) let rounding decide."""
     if not np.isfinite(features).all():  # as scipy refuses them: a NaN CLIP embedding must not pass silently
         raise ValueError("k-means features must be finite (a NaN or infinite frame embedding)")
     centres = np.empty((k, features.shape[1]))

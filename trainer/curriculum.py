@@ -550,8 +550,10 @@ class Curriculum:
         instead of the rank average. No-op on one process, and with neither PID nor pacing (nothing learned).
         """
         self._sync_calls += 1
+        if self.config.task != "adaptive" and not self.config.pacing:
+            return
         dist = _process_group()
-        if (self.config.task != "adaptive" and not self.config.pacing) or dist is None:
+        if dist is None:
             return
         if not force and self._sync_calls % self.config.sync_every:
             return

@@ -112,9 +112,10 @@ def test_kmeans_separates_clear_groups_whatever_the_seed():
         assert len(pairs) == 6 and len({label for label, _ in pairs}) == 6  # one label per group, and back
 
 
-def test_kmeans_is_scipys_kmeans2_with_plus_plus_seeding():
+def test_kmeans_is_scipys_kmeans2_with_plus_plus_seeding_away_from_ties():
     """The same algorithm as scipy's kmeans2(minit="++"), whose per-call overhead it avoids: the same labels for the
-    same generator, also where k is smaller than the number of groups and the seeding decides."""
+    same generator, also where k is smaller than the number of groups and the seeding decides (noisy points: no row
+    is exactly as far from two centres, where the two break the tie differently)."""
     import warnings
 
     from scipy.cluster.vq import kmeans2
@@ -136,3 +137,18 @@ def test_a_frame_embedding_that_is_not_finite_rejects_the_row_with_the_reason():
     out = KeyframeStage(features="clip")(row)
     assert out["reject_reason"] == ["internal_error"]
     assert "must be finite" in out["reject_message"][0]
+
+
+def test_rows_as_far_from_two_centres_go_to_the_lower_one():
+    """Flat-colour thumbnails tie exactly; the rule must not depend on rounding (scipy's BLAS distances let it).
+    Five rows at A, five at B, and M1, M2 exactly between them: seeded on A and B, both M rows tie, join centre 0,
+    and stay there as it moves towards them."""
+    a, b, m1, m2 = [0.0, 0.0], [2.0, 0.0], [1.0, 1.0], [1.0, -1.0]
+    points = np.array([a] * 5 + [b] * 5 + [m1, m2])
+    checked = 0
+    for seed in range(20):
+        labels = kmeans_labels(points, 2, np.random.default_rng(seed))
+        if labels[0] != labels[5] and labels[10] == labels[11]:  # seeded on A and B (else nothing ties)
+            assert labels[10] == 0
+            checked += 1
+    assert checked >= 10
